@@ -1,0 +1,5 @@
+"""``python -m p2vimage``."""
+
+from p2vimage.cli import main
+
+main()

@@ -1,0 +1,151 @@
+"""The command line: a click group and its verbs. Parse, call a stage, print, map errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from p2vimage import __version__, doctor, image, verify
+from p2vimage import log as logmod
+from p2vimage.errors import Interrupted, P2VError
+from p2vimage.units import human, parse_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Global options shared by every verb."""
+
+    debug: bool
+    json: bool
+    workdir: Path | None
+
+
+def _emit(settings: Settings, data: dict[str, Any], human_lines: list[str]) -> None:
+    if settings.json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        for line in human_lines:
+            click.echo(line)
+
+
+class SizeType(click.ParamType):
+    """A size option: 4G, 800M, 1073741824."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except P2VError as exc:
+            self.fail(exc.message, param, ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show every command run and tracebacks.")
+@click.option("--json", "json_mode", is_flag=True, help="Results as JSON on stdout.")
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
+              help="Per-host work directory (state, stamps, reports).")
+@click.version_option(__version__, prog_name="p2vimage")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, json_mode: bool, workdir: Path | None) -> None:
+    """Move legacy Linux servers into OpenStack images."""
+    logmod.setup(debug=debug, json_mode=json_mode)
+    ctx.obj = Settings(debug=debug, json=json_mode, workdir=workdir)
+
+
+@cli.command("doctor")
+@click.option("--refresh", is_flag=True, help="Probe the accelerators again (ignore cache).")
+@click.pass_obj
+def doctor_cmd(settings: Settings, refresh: bool) -> None:
+    """List host tools found and missing, and the accelerator that really works."""
+    report = doctor.check(refresh=refresh)
+    _emit(settings, report, doctor.lines(report))
+    if report["missing"]:
+        sys.exit(3)
+
+
+@cli.command("build")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The raw disk image to write.")
+@click.option("--size", type=SizeType(), help="Image size (default: tree + headroom).")
+@click.option("--fs", "fstype", type=click.Choice(["ext2", "ext3", "ext4"]),
+              help="Filesystem type (default: chosen from the guest).")
+@click.option("--fs-features", help="Comma list of mke2fs features to add (name) or drop "
+              "(^name) on top of the choice.")
+@click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.pass_obj
+def build_cmd(settings: Settings, source: Path, output: Path, size: int | None,
+              fstype: str | None, fs_features: str | None, force: bool) -> None:
+    """Make a raw disk image (msdos label, one bootable partition) from SOURCE tree."""
+    opts = image.BuildOptions(source=source, output=output, size=size, fstype=fstype,
+                              fs_features=fs_features, force=force)
+    report = image.build(opts)
+    _emit(settings, report, [
+        f"image: {report['image']} ({human(int(str(report['size_bytes'])))}, "
+        f"{report['filesystem']}, {report['inodes']} inodes, {report['seconds']} s)"])
+
+
+@cli.command("verify")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path))
+@click.option("--strict", is_flag=True,
+              help="Count paths that convert rewrites as differences too.")
+@click.option("--max-shown", default=50, show_default=True,
+              help="Differences printed (all of them with --json).")
+@click.pass_obj
+def verify_cmd(settings: Settings, source: Path, image_path: Path, strict: bool,
+               max_shown: int) -> None:
+    """Compare SOURCE tree with the filesystem in IMAGE; exit 1 on any difference."""
+    result = verify.verify(source, image_path, strict=strict)
+    _emit(settings, result.as_dict(), result.lines(max_shown))
+    if result.differences:
+        sys.exit(1)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point: run the CLI, print errors as one line, exit with the documented code."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="p2vimage", standalone_mode=False)
+    except P2VError as exc:
+        if debug:
+            raise
+        click.echo(exc.one_line(), err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "p2vimage"
+        click.echo(f"error: {exc.format_message()} (hint: see '{command} --help')", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(Interrupted.exit_code)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        click.echo("error: interrupted; partial outputs were removed (hint: run the same "
+                   "command again to start over)", err=True)
+        sys.exit(Interrupted.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(0)
+
+

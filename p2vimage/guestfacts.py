@@ -1,0 +1,170 @@
+"""Facts about the guest found in a root tree: kernels, bootloader, tool versions.
+
+Pure reading of files under a staging tree (no chroot, nothing executed), so ``build`` can
+choose a filesystem the guest's own kernel, fsck and bootloader can read. Versions come from
+the package database when there is one (dpkg) and otherwise from the version strings compiled
+into the binaries, which works for any distribution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+Version = tuple[int, ...]
+
+_KERNEL_RE = re.compile(r"^(?:vmlinuz|vmlinux|bzImage|kernel)-(\d+)\.(\d+)(?:\.(\d+))?")
+# e2fsprogs binaries carry "1.42.9 (28-Dec-2013)"; the date pins it to the version string.
+_E2FS_RE = re.compile(rb"\b(1\.\d{2}(?:\.\d+)?)(?:-WIP)? \(\d{1,2}-[A-Z][a-z]{2}-\d{4}\)")
+_SYSLINUX_RE = re.compile(rb"(?:EXTLINUX|SYSLINUX) (\d+\.\d+)")
+
+
+def parse_version(text: str) -> Version:
+    """Leading numeric components of a version string: '1.42.9-7+b1' → (1, 42, 9)."""
+    text = text.split(":", 1)[-1]  # drop a Debian epoch
+    parts: list[int] = []
+    for piece in re.split(r"[.~+-]", text):
+        match = re.match(r"\d+", piece)
+        if not match:
+            break
+        parts.append(int(match.group()))
+        if match.end() != len(piece):
+            break
+    return tuple(parts)
+
+
+def fmt(version: Version | None) -> str:
+    """A version tuple as text, or 'unknown'."""
+    return ".".join(map(str, version)) if version else "unknown"
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestFacts:
+    """What ``build`` needs to know about the guest in a tree."""
+
+    kernels: tuple[str, ...]  # kernel image names in /boot, sorted by version
+    kernel_versions: tuple[Version, ...]
+    bootloader: str  # "grub-legacy", "grub2", "extlinux", "none"
+    grub_version: Version | None
+    syslinux_version: Version | None
+    e2fsprogs_version: Version | None
+    distro: str
+
+    @property
+    def oldest_kernel(self) -> Version | None:
+        """The oldest installed kernel: every kernel the user may pick must mount root."""
+        return min(self.kernel_versions) if self.kernel_versions else None
+
+
+def dpkg_versions(root: Path, names: set[str]) -> dict[str, str]:
+    """Installed versions of ``names`` from /var/lib/dpkg/status (empty without dpkg)."""
+    status = root / "var/lib/dpkg/status"
+    found: dict[str, str] = {}
+    try:
+        text = status.read_text(errors="replace")
+    except OSError:
+        return found
+    for stanza in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if ":" in line and not line.startswith(" "):
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        name = fields.get("Package")
+        if name in names and fields.get("Status", "").endswith(" installed"):
+            found[name] = fields.get("Version", "")
+    return found
+
+
+def _scan_binary(paths: list[Path], pattern: re.Pattern[bytes]) -> Version | None:
+    for path in paths:
+        try:
+            if path.is_symlink() or not path.is_file() or path.stat().st_size > 8 << 20:
+                continue
+            match = pattern.search(path.read_bytes())
+        except OSError:
+            continue
+        if match:
+            return parse_version(match.group(1).decode())
+    return None
+
+
+def _e2fsprogs(root: Path, pkgs: dict[str, str]) -> Version | None:
+    if "e2fsprogs" in pkgs:
+        return parse_version(pkgs["e2fsprogs"])
+    candidates = [root / d / n for d in ("sbin", "usr/sbin", "lib", "usr/lib", "lib64")
+                  for n in ("e2fsck", "mke2fs", "libext2fs.so.2")]
+    return _scan_binary(candidates, _E2FS_RE)
+
+
+def _kernels(root: Path) -> list[tuple[Version, str]]:
+    found: list[tuple[Version, str]] = []
+    boot = root / "boot"
+    try:
+        entries = list(boot.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        match = _KERNEL_RE.match(entry.name)
+        if match and not entry.is_dir():
+            found.append((tuple(int(g) for g in match.groups() if g is not None), entry.name))
+    return sorted(found)
+
+
+def _bootloader(root: Path, pkgs: dict[str, str]) -> str:
+    grub2_markers = ("boot/grub/grub.cfg", "boot/grub2/grub.cfg", "usr/lib/grub/i386-pc",
+                     "usr/lib/grub/x86_64-efi", "etc/default/grub")
+    if any(p in pkgs for p in ("grub-pc", "grub-efi-amd64", "grub2-common", "grub-common")):
+        if "grub-legacy" not in pkgs:
+            return "grub2"
+    if (root / "boot/grub/menu.lst").exists() or "grub-legacy" in pkgs or "grub" in pkgs:
+        return "grub-legacy"
+    if any((root / p).exists() for p in grub2_markers):
+        return "grub2"
+    for conf in ("boot/extlinux/extlinux.conf", "boot/extlinux.conf", "extlinux.conf",
+                 "boot/syslinux/syslinux.cfg"):
+        if (root / conf).exists():
+            return "extlinux"
+    return "none"
+
+
+def _distro(root: Path) -> str:
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        try:
+            text = (root / rel).read_text(errors="replace")
+        except OSError:
+            continue
+        match = re.search(r'^PRETTY_NAME="?([^"\n]*)', text, re.M)
+        if match:
+            return match.group(1)
+    for rel in ("etc/debian_version", "etc/redhat-release", "etc/SuSE-release"):
+        try:
+            return f"{rel.split('/')[1]} {(root / rel).read_text(errors='replace').strip()}"
+        except OSError:
+            continue
+    return "unknown"
+
+
+def inspect_tree(root: Path) -> GuestFacts:
+    """Read the facts of the guest whose root filesystem is the tree at ``root``."""
+    pkgs = dpkg_versions(root, {"e2fsprogs", "grub-pc", "grub-common", "grub-efi-amd64",
+                                "grub2-common", "grub-legacy", "grub", "syslinux",
+                                "extlinux"})
+    kernels = _kernels(root)
+    grub = pkgs.get("grub-common") or pkgs.get("grub-pc") or pkgs.get("grub2-common")
+    syslinux: Version | None = None
+    if "extlinux" in pkgs or "syslinux" in pkgs:
+        syslinux = parse_version(pkgs.get("extlinux") or pkgs["syslinux"])
+    elif (root / "boot/extlinux").is_dir():
+        syslinux = _scan_binary([root / "boot/extlinux/ldlinux.sys",
+                                 root / "boot/extlinux/ldlinux.c32"], _SYSLINUX_RE)
+    return GuestFacts(
+        kernels=tuple(name for _, name in kernels),
+        kernel_versions=tuple(v for v, _ in kernels),
+        bootloader=_bootloader(root, pkgs),
+        grub_version=parse_version(grub) if grub else None,
+        syslinux_version=syslinux,
+        e2fsprogs_version=_e2fsprogs(root, pkgs),
+        distro=_distro(root),
+    )
