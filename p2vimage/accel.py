@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from p2vimage import run as runmod
+from p2vimage.errors import PreconditionError, StageError
 from p2vimage.paths import cache_dir
 
 log = logging.getLogger("p2vimage")
@@ -102,7 +103,7 @@ def probe_qemu(accel: str, cpu: str, timeout: float) -> tuple[bool, str]:
             disk = Path(tmp) / "boot.img"
             disk.write_bytes(BOOT_SECTOR)
             argv += ["-drive", f"file={disk},format=raw,if=ide"]
-        proc = runmod.popen(argv, stdout=runmod.subprocess.DEVNULL)
+        proc = runmod.popen(argv, stdout=runmod.DEVNULL)
         started = time.monotonic()
         try:
             while time.monotonic() - started < timeout:
@@ -143,7 +144,7 @@ def probe_guestfs(accel: str, timeout: float = GUESTFS_TIMEOUT) -> tuple[bool, s
     try:
         proc = runmod.run([sys.executable, "-c", _GUESTFS_PROBE], check=False, env=env,
                           timeout=timeout, what="libguestfs probe")
-    except runmod.StageError as exc:
+    except StageError as exc:
         return False, exc.message
     if proc.returncode == 0 and "ok" in proc.stdout:
         return True, f"launched in {time.monotonic() - started:.1f} s"
@@ -181,7 +182,7 @@ def detect(refresh: bool = False, guestfs: bool = True) -> Accel:
             chosen = (accel, cpu)
             break
     if chosen is None:
-        raise runmod.PreconditionError(
+        raise PreconditionError(
             "qemu cannot boot a probe kernel with any accelerator",
             hint="check qemu-system-x86 is installed; run 'p2vimage --debug doctor --refresh'",
         )
@@ -196,7 +197,7 @@ def detect(refresh: bool = False, guestfs: bool = True) -> Accel:
                 gfs_accel = accel
                 break
         if not gfs_accel:
-            raise runmod.PreconditionError(
+            raise PreconditionError(
                 "libguestfs cannot launch its appliance with any accelerator",
                 hint="run 'libguestfs-test-tool' to see why (a readable /boot/vmlinuz-* is needed)",
             )

@@ -35,7 +35,7 @@ def _emit(settings: Settings, data: dict[str, Any], human_lines: list[str]) -> N
             click.echo(line)
 
 
-class SizeType(click.ParamType):
+class SizeType(click.ParamType):  # type: ignore[type-arg]
     """A size option: 4G, 800M, 1073741824."""
 
     name = "size"
@@ -134,10 +134,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         command = exc.ctx.command_path if exc.ctx else "p2vimage"
         click.echo(f"error: {exc.format_message()} (hint: see '{command} --help')", err=True)
         sys.exit(2)
-    except click.Abort:
-        click.echo("error: aborted", err=True)
-        sys.exit(Interrupted.exit_code)
-    except KeyboardInterrupt:
+    except (click.Abort, KeyboardInterrupt):  # click turns KeyboardInterrupt into Abort
         if debug:
             raise
         click.echo("error: interrupted; partial outputs were removed (hint: run the same "

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from p2vimage import run as runmod
+from p2vimage.errors import InputError, StageError
 
 _LS_RECORD = re.compile(rb"/(\d+)/([0-7]+)/(\d+)/(\d+)/([^/]*)/(\d*)/\n")
 
@@ -37,7 +38,7 @@ def debugfs(image: Path, offset: int, commands: Iterable[str], write: bool = Fal
     errors = [line for line in proc.stderr.decode("utf-8", "replace").splitlines()
               if line.strip() and not line.startswith("debugfs ")]
     if errors:
-        raise runmod.StageError(f"debugfs on {image}: {errors[0]}",
+        raise StageError(f"debugfs on {image}: {errors[0]}",
                                 hint="the filesystem may be damaged; run e2fsck -fn on it")
     return bytes(proc.stdout)
 
@@ -94,6 +95,7 @@ _DEVICE = re.compile(rb"Device major/minor number: (\d+):(\d+)")
 _FASTLINK = re.compile(rb'Fast link dest: "(.*)"\n', re.S)
 _XATTR = re.compile(rb"^  (\S+) \((\d+)\)", re.M)
 _RANGE = re.compile(rb"\((\d+)(?:-(\d+))?(\[u\])?\):")
+_MAP = re.compile(rb"^(?:EXTENTS|BLOCKS):\n", re.M)
 _SB_FIELD = re.compile(rb"^(Block size|Inode size):\s+(\d+)", re.M)
 
 
@@ -102,8 +104,6 @@ def find_partition(image: Path) -> int:
 
     Raises InputError when the file is not a raw image holding an ext2/3/4 filesystem.
     """
-    from p2vimage.errors import InputError
-
     try:
         with open(image, "rb") as f:
             head = f.read(512)
@@ -172,12 +172,11 @@ def _parse_stat(text: bytes, mode: int) -> Inode:
     if b"Extended attributes:\n" in text:
         section = text.split(b"Extended attributes:\n", 1)[1]
         inode.xattr_names = [m.group(1) for m in _XATTR.finditer(section)]
-    for marker in (b"\nEXTENTS:\n", b"\nBLOCKS:\n"):
-        if marker in text:
-            for m in _RANGE.finditer(text.split(marker, 1)[1]):
-                if not m.group(3):
-                    first = int(m.group(1))
-                    inode.data_blocks += int(m.group(2) or first) - first + 1
+    if m := _MAP.search(text):
+        for r in _RANGE.finditer(text, m.end()):
+            if not r.group(3):
+                first = int(r.group(1))
+                inode.data_blocks += int(r.group(2) or first) - first + 1
     return inode
 
 
@@ -208,8 +207,8 @@ class ImageTree:
         """Stream xattr values and file contents through one debugfs process."""
         commands: list[tuple[str, int, bytes | None]] = []
         for ino, inode in inodes.items():
-            for name in inode.xattr_names:
-                commands.append((f"ea_get -x <{ino}> {name.decode()}", ino, name))
+            for xname in inode.xattr_names:
+                commands.append((f"ea_get -x <{ino}> {xname.decode()}", ino, xname))
             kind = inode.mode & 0o170000
             if kind == 0o100000 or (kind == 0o120000 and inode.link_target is None):
                 commands.append((f"cat <{ino}>", ino, None))
@@ -226,8 +225,8 @@ class ImageTree:
             for command, ino, name in commands:
                 echo = out.readline()
                 if echo != f"debugfs: {command}\n".encode():
-                    raise runmod.StageError(f"unexpected debugfs output reading {self.image}: "
-                                            f"{echo[:80]!r}", hint="run with --debug")
+                    raise StageError(f"unexpected debugfs output reading {self.image}: "
+                                     f"{echo[:80]!r}", hint="run with --debug")
                 inode = inodes[ino]
                 if name is not None:
                     value = b""
@@ -236,15 +235,15 @@ class ImageTree:
                     hexpart = value.split(b") = ", 1)[1] if b") = " in value else b""
                     inode.xattrs[name] = bytes.fromhex(hexpart.decode())
                 elif inode.mode & 0o170000 == 0o120000:
-                    inode.link_target = out.read(inode.size)
+                    inode.link_target = bytes(out.read(inode.size))
                 else:
                     digest = hashlib.sha256()
                     remaining = inode.size
                     while remaining:
                         chunk = out.read(min(remaining, 1 << 20))
                         if not chunk:
-                            raise runmod.StageError(f"debugfs stopped reading {self.image}",
-                                                    hint="run e2fsck -fn on the image")
+                            raise StageError(f"debugfs stopped reading {self.image}",
+                                             hint="run e2fsck -fn on the image")
                         digest.update(chunk)
                         remaining -= len(chunk)
                     inode.sha256 = digest.hexdigest()

@@ -45,7 +45,7 @@ class FsProfile:
 
     @property
     def time_bits(self) -> int:
-        """Bits of seconds the inodes keep: 32 (signed, 1901–2038) or 34 with large inodes."""
+        """Bits of seconds the inodes keep: 32 (signed, 1901-2038) or 34 with large inodes."""
         return 34 if self.inode_size > 128 else 32
 
     @property

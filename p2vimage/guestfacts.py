@@ -21,10 +21,10 @@ _SYSLINUX_RE = re.compile(rb"(?:EXTLINUX|SYSLINUX) (\d+\.\d+)")
 
 
 def parse_version(text: str) -> Version:
-    """Leading numeric components of a version string: '1.42.9-7+b1' → (1, 42, 9)."""
-    text = text.split(":", 1)[-1]  # drop a Debian epoch
+    """Leading numeric components of an upstream version: '1:1.42.9-7+b1' → (1, 42, 9)."""
+    upstream = re.split(r"[-~+]", text.split(":", 1)[-1], maxsplit=1)[0]
     parts: list[int] = []
-    for piece in re.split(r"[.~+-]", text):
+    for piece in upstream.split("."):
         match = re.match(r"\d+", piece)
         if not match:
             break
@@ -115,9 +115,9 @@ def _kernels(root: Path) -> list[tuple[Version, str]]:
 def _bootloader(root: Path, pkgs: dict[str, str]) -> str:
     grub2_markers = ("boot/grub/grub.cfg", "boot/grub2/grub.cfg", "usr/lib/grub/i386-pc",
                      "usr/lib/grub/x86_64-efi", "etc/default/grub")
-    if any(p in pkgs for p in ("grub-pc", "grub-efi-amd64", "grub2-common", "grub-common")):
-        if "grub-legacy" not in pkgs:
-            return "grub2"
+    grub2_pkgs = ("grub-pc", "grub-efi-amd64", "grub2-common", "grub-common")
+    if any(p in pkgs for p in grub2_pkgs) and "grub-legacy" not in pkgs:
+        return "grub2"
     if (root / "boot/grub/menu.lst").exists() or "grub-legacy" in pkgs or "grub" in pkgs:
         return "grub-legacy"
     if any((root / p).exists() for p in grub2_markers):

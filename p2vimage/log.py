@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from tqdm import tqdm
 
@@ -38,7 +39,7 @@ def step(title: str) -> Iterator[None]:
     log.info("%s  done in %.1f s", indent, time.monotonic() - started)
 
 
-def progress(total: int, desc: str, unit: str = "B") -> tqdm[None]:
+def progress(total: int, desc: str, unit: str = "B") -> tqdm[Any]:
     """A progress bar on stderr, shown only on a terminal and never in --json mode."""
     disabled = bool(_state["quiet_progress"]) or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024,

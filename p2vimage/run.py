@@ -7,13 +7,16 @@ missing binary becomes a :class:`PreconditionError` that names the Debian packag
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from p2vimage.errors import PreconditionError, StageError
 
@@ -83,6 +86,15 @@ def require_tools(tools: Iterable[str]) -> dict[str, str]:
     return found
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when p2vimage dies, even by SIGKILL (never orphan a writer)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _argv(argv: Sequence[StrPath]) -> list[str]:
     args = [os.fspath(a) for a in argv]
     if not args:
@@ -112,10 +124,10 @@ def run(
     text: bool = True,
     timeout: float | None = None,
     env: Mapping[str, str] | None = None,
-    input: str | bytes | None = None,  # noqa: A002 - mirrors subprocess
+    input: str | bytes | None = None,
     cwd: StrPath | None = None,
     what: str | None = None,
-) -> subprocess.CompletedProcess[str]:
+) -> subprocess.CompletedProcess[Any]:
     """Run a command to completion.
 
     Raises PreconditionError when the binary is missing, StageError when it exits non-zero
@@ -138,6 +150,7 @@ def run(
             timeout=timeout,
             env=full_env,
             cwd=os.fspath(cwd) if cwd is not None else None,
+            preexec_fn=_die_with_parent,
         )
     except subprocess.TimeoutExpired as exc:
         name = what or Path(args[0]).name
@@ -176,6 +189,7 @@ def popen(
         env={**os.environ, **env} if env is not None else None,
         start_new_session=new_session,
         pass_fds=tuple(pass_fds),
+        preexec_fn=_die_with_parent,
     )
 
 

@@ -1,0 +1,177 @@
+"""Bad input and faults during build: one clear line, the documented exit code, and nothing
+at the output path; after an interrupt a rerun succeeds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import P2VIMAGE, REPO, assert_one_line_error, needs_root, p2v
+
+MiB = 1 << 20
+
+
+def small_tree(root: Path, data_mib: int = 1) -> Path:
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").write_text("legacy\n")
+    chunk = os.urandom(MiB)
+    with open(root / "data.bin", "wb") as f:
+        for _ in range(data_mib):
+            f.write(chunk)
+    return root
+
+
+def nothing_written(out: Path) -> None:
+    assert not out.exists()
+    assert not out.with_name(f".{out.name}.partial").exists()
+
+
+def test_missing_source(tmp_path: Path) -> None:
+    out = tmp_path / "x.img"
+    assert_one_line_error(p2v("build", tmp_path / "nope", "-o", out), 2, "does not exist")
+    nothing_written(out)
+
+
+def test_source_not_a_directory(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "x.img"
+    assert_one_line_error(p2v("build", tmp_path / "file", "-o", out), 2, "not a directory")
+    nothing_written(out)
+
+
+def test_output_exists_without_force(tmp_path: Path) -> None:
+    tree = small_tree(tmp_path / "t")
+    out = tmp_path / "x.img"
+    out.write_text("precious")
+    assert_one_line_error(p2v("build", tree, "-o", out), 2, "already exists", "--force")
+    assert out.read_text() == "precious"
+    assert p2v("build", tree, "-o", out, "--force").returncode == 0
+    assert out.stat().st_size > 1 << 20
+
+
+def test_output_directory_missing(tmp_path: Path) -> None:
+    tree = small_tree(tmp_path / "t")
+    out = tmp_path / "no/such/dir/x.img"
+    assert_one_line_error(p2v("build", tree, "-o", out), 2, "does not exist")
+    assert not out.parent.exists()
+
+
+def test_size_too_small(tmp_path: Path) -> None:
+    tree = small_tree(tmp_path / "t", data_mib=40)
+    out = tmp_path / "x.img"
+    assert_one_line_error(p2v("build", tree, "-o", out, "--size", "20M"), 2, "too small",
+                          "--size")
+    nothing_written(out)
+
+
+@needs_root
+def test_unreadable_file_in_source() -> None:
+    # Root reads everything, so this runs the build as 'nobody' (build never needs root).
+    top = Path("/tmp") / f"p2v-unreadable-{os.getpid()}"
+    try:
+        tree = small_tree(top / "tree")
+        secret = tree / "etc/shadow"
+        secret.write_text("root:x:...\n")
+        secret.chmod(0o600)
+        out_dir = top / "out"
+        out_dir.mkdir()
+        for path in (top, tree, tree / "etc", out_dir):
+            path.chmod(0o777 if path == out_dir else 0o755)
+        (tree / "data.bin").chmod(0o644)
+        (tree / "etc/hostname").chmod(0o644)
+        out = out_dir / "x.img"
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *P2VIMAGE,
+             "build", str(tree), "-o", str(out)],
+            capture_output=True, text=True, cwd=REPO, check=False,
+            env={**os.environ, "P2VIMAGE_CACHE": str(out_dir / "cache"), "HOME": str(out_dir)})
+        assert_one_line_error(proc, 2, "cannot read", "etc/shadow")
+        nothing_written(out)
+    finally:
+        subprocess.run(["rm", "-rf", str(top)], check=False)
+
+
+def mount_tmpfs(mnt: Path, size: str) -> None:
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                   check=True)
+
+
+@needs_root
+def test_no_space_left_found_before_writing(tmp_path: Path) -> None:
+    tree = small_tree(tmp_path / "t", data_mib=64)
+    mount_tmpfs(tmp_path / "tiny", "48m")
+    try:
+        out = tmp_path / "tiny/x.img"
+        assert_one_line_error(p2v("build", tree, "-o", out), 3, "not enough space")
+        nothing_written(out)
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path / "tiny")], check=False)
+
+
+@needs_root
+def test_no_space_left_while_writing(big_tree: Path, tmp_path: Path) -> None:
+    """The space goes while mke2fs writes (another writer fills the filesystem)."""
+    mnt = tmp_path / "small"
+    mount_tmpfs(mnt, "800m")
+    try:
+        out = mnt / "x.img"
+        partial = out.with_name(f".{out.name}.partial")
+        proc = subprocess.Popen([*P2VIMAGE, "build", str(big_tree), "-o", str(out)],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        wait_for_populate(proc, partial)
+        subprocess.run(["fallocate", "-l", "300M", str(mnt / "filler")], check=True)
+        stdout, stderr = proc.communicate(timeout=120)
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        assert_one_line_error(result, 3, "no space left", str(mnt))
+        nothing_written(out)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def wait_for_populate(proc: subprocess.Popen[str], partial: Path) -> None:
+    """Return once mke2fs is writing data into the partial image."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if partial.exists() and partial.stat().st_blocks * 512 > 8 * MiB:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    pytest.fail("populate never started")
+
+
+@pytest.fixture(scope="module")
+def big_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_tree(tmp_path_factory.mktemp("big") / "t", data_mib=700)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_interrupt_during_populate_then_rerun(big_tree: Path, tmp_path: Path,
+                                              sig: signal.Signals) -> None:
+    out = tmp_path / "x.img"
+    partial = out.with_name(f".{out.name}.partial")
+    proc = subprocess.Popen([*P2VIMAGE, "build", str(big_tree), "-o", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_populate(proc, partial)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert not out.exists()
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130, err
+        assert err.strip().splitlines()[-1].startswith("error: interrupted")
+        assert "Traceback" not in err
+        assert not partial.exists()
+    time.sleep(0.2)
+    assert subprocess.run(["pgrep", "-f", f"mke2fs.*{partial.name}"],
+                          check=False).returncode == 1, "mke2fs left running"
+    rerun = p2v("build", big_tree, "-o", out)
+    assert rerun.returncode == 0, rerun.stderr
+    assert out.exists() and not partial.exists()

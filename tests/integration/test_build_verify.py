@@ -1,0 +1,204 @@
+"""build + verify on real trees: faithful copies, the partition layout, e2fsck, and verify
+catching a difference of every kind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from p2vimage import verify
+from p2vimage.e2fs import fsck
+from tests.conftest import needs_root, p2v
+
+pytestmark = [needs_root]
+
+
+def mbr_partitions(image: Path) -> list[tuple[int, int, int]]:
+    """(boot flag, type, start sector) of each used MBR partition entry."""
+    with open(image, "rb") as f:
+        head = f.read(512)
+    assert head[510:512] == b"\x55\xaa"
+    parts = []
+    for i in range(4):
+        e = head[446 + 16 * i:462 + 16 * i]
+        if e[4]:
+            parts.append((e[0], e[4], int.from_bytes(e[8:12], "little")))
+    return parts
+
+
+def build(source: Path, out: Path, *extra: str) -> dict[str, object]:
+    proc = p2v("--json", "build", source, "-o", out, *extra)
+    assert proc.returncode == 0, proc.stderr
+    report: dict[str, object] = json.loads(proc.stdout)
+    return report
+
+
+def assert_faithful(source: Path, image: Path) -> None:
+    proc = p2v("--json", "verify", "--strict", source, image)
+    result = json.loads(proc.stdout)
+    assert result["differences"] == [], result["differences"][:20]
+    assert proc.returncode == 0
+    ok, detail = fsck(image, 1 << 20)
+    assert ok, detail
+    assert mbr_partitions(image) == [(0x80, 0x83, 2048)]
+
+
+@pytest.mark.parametrize("fs", ["ext4", "ext3"])
+def test_hard_tree_is_copied_faithfully(hard_tree: Path, tmp_path: Path, fs: str) -> None:
+    image = tmp_path / "hard.img"
+    report = build(hard_tree, image, "--fs", fs)
+    assert report["filesystem"] == fs
+    assert not (tmp_path / ".hard.img.partial").exists()
+    assert_faithful(hard_tree, image)
+
+
+def test_grub_legacy_tree_gets_small_inodes_and_warns_about_2040(hard_tree: Path,
+                                                                  copy_tree: Callable[..., Path],
+                                                                  tmp_path: Path) -> None:
+    tree = copy_tree(hard_tree)
+    (tree / "boot/grub").mkdir(parents=True)
+    (tree / "boot/grub/menu.lst").write_text("default 0\n")
+    image = tmp_path / "legacy.img"
+    proc = p2v("--json", "build", tree, "-o", image)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (report["filesystem"], report["inode_size"]) == ("ext3", 128)
+    assert any("after-2038" in w for w in report["warnings"])
+    result = json.loads(p2v("--json", "verify", "--strict", tree, image).stdout)
+    assert result["differences"] == []
+    limited = {d["path"] for d in result["filesystem_limits"]}
+    assert "/srv/hard/times/after-2038" in limited
+    assert "/srv/ns-mtime" in limited  # nanoseconds are not kept by 128-byte inodes
+
+
+def test_image_matches_the_kernels_view(hard_tree: Path, tmp_path: Path) -> None:
+    """debugfs's reading of the image equals what the kernel shows through a loop mount."""
+    image = tmp_path / "k.img"
+    build(hard_tree, image)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop,ro,offset=1048576", str(image), str(mnt)], check=True)
+    try:
+        kernel = verify.source_manifest(mnt)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    debugfs_view, inode_size = verify.image_manifest(image)
+    result = verify.compare(kernel, debugfs_view, inode_size, strict=True)
+    assert result.differences == []
+    assert result.compared == len(debugfs_view) > 60
+
+
+def _alter(tree: Path) -> dict[str, str]:
+    """Change one field of one path per kind; return path → the field verify must name."""
+    hard = tree / "srv/hard"
+    (hard / "misc/empty-file").chmod(0o600)
+    os.chown(hard / "links/two-a", 1000, 0)
+    os.chown(hard / "acl/file", 0, 1000)
+    (hard / "xattr/file").write_text("has xattrs, longer now\n")
+    os.utime(hard / "times/before-1970", (0, 0))
+    subprocess.run(["setfattr", "-n", "user.new", "-v", "1", str(hard / "names/café")],
+                   check=True)
+    subprocess.run(["setfattr", "-n", "trusted.p2vimage", "-v", "other",
+                    str(hard / "owners/orphan")], check=True)
+    subprocess.run(["setfacl", "-m", "u:4242:r--", str(hard / "acl/dir")], check=True)
+    subprocess.run(["setcap", "cap_net_admin+ep", str(hard / "caps/raw-true")], check=True)
+    st = os.stat(hard / "sparse/zeros-1M")
+    with open(hard / "sparse/zeros-1M", "r+b") as f:  # same size and times, other bytes
+        f.write(b"x")
+    os.utime(hard / "sparse/zeros-1M", ns=(st.st_atime_ns, st.st_mtime_ns))
+    (hard / "symlinks/dangling").unlink()
+    (hard / "symlinks/dangling").symlink_to("elsewhere")
+    os.utime(hard / "symlinks/dangling", (1234656000,) * 2, follow_symlinks=False)
+    os.utime(hard / "symlinks", (1234656000,) * 2)
+    dev = hard / "special/char-null"
+    dev.unlink()
+    os.mknod(dev, 0o20666, os.makedev(1, 5))
+    os.utime(dev, (1234656000,) * 2)
+    os.utime(hard / "special", (1234656000,) * 2)
+    three = hard / "other/three-3"  # split a hard link, same content and times
+    data = three.read_bytes()
+    three.unlink()
+    three.write_bytes(data)
+    os.utime(three, (1234656000,) * 2)
+    os.utime(hard / "other", (1234656000,) * 2)
+    (hard / "misc/added").write_text("new\n")
+    os.utime(hard / "misc", (1234656000,) * 2)
+    shutil.rmtree(hard / "empty/mode-0700")
+    os.utime(hard / "empty", (1234656000,) * 2)
+    fifo = hard / "special/fifo"
+    fifo.unlink()
+    fifo.write_text("")
+    os.chmod(fifo, 0o644)
+    os.utime(fifo, (1234656000,) * 2)
+    return {
+        "/srv/hard/misc/empty-file": "mode", "/srv/hard/links/two-a": "uid",
+        "/srv/hard/acl/file": "gid", "/srv/hard/xattr/file": "size",
+        "/srv/hard/times/before-1970": "mtime", "/srv/hard/names/café": "xattrs",
+        "/srv/hard/owners/orphan": "xattrs", "/srv/hard/acl/dir": "xattrs",
+        "/srv/hard/caps/raw-true": "xattrs", "/srv/hard/sparse/zeros-1M": "sha256",
+        "/srv/hard/symlinks/dangling": "symlink target", "/srv/hard/special/char-null": "device",
+        "/srv/hard/other/three-3": "hard links", "/srv/hard/misc/added": "presence",
+        "/srv/hard/empty/mode-0700": "presence", "/srv/hard/special/fifo": "type",
+    }
+
+
+def test_verify_names_every_kind_of_difference(hard_tree: Path, tmp_path: Path,
+                                                copy_tree: Callable[..., Path]) -> None:
+    image = tmp_path / "orig.img"
+    build(hard_tree, image)
+    tree = copy_tree(hard_tree)
+    expected = _alter(tree)
+    proc = p2v("--json", "verify", tree, image)
+    assert proc.returncode == 1
+    found = {(d["path"], d["field"]) for d in json.loads(proc.stdout)["differences"]}
+    for path, field in expected.items():
+        assert (path, field) in found, (path, field, sorted(found))
+    # the other names of the split inode now differ too; nothing else does
+    extra = {f for f in found if f[0] not in expected}
+    assert extra <= {("/srv/hard/links/three-1", "hard links"),
+                     ("/srv/hard/links/sub/three-2", "hard links")}, extra
+    human = p2v("verify", tree, image)
+    assert human.returncode == 1
+    assert "/srv/hard/special/char-null: device" in human.stdout
+
+
+def test_verify_catches_lost_sparseness(hard_tree: Path, tmp_path: Path) -> None:
+    image = tmp_path / "s.img"
+    build(hard_tree, image)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop,offset=1048576", str(image), str(mnt)], check=True)
+    try:  # rewrite the sparse file fully allocated, keeping bytes and times
+        target = mnt / "srv/hard/sparse/sparse-64M"
+        st = os.stat(target)
+        subprocess.run(["cp", "--sparse=never", "--preserve=all", str(target),
+                        str(target) + ".tmp"], check=True)
+        os.replace(str(target) + ".tmp", target)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.utime(target.parent, (1234656000,) * 2)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    result = json.loads(p2v("--json", "verify", hard_tree, image).stdout)
+    fields = {(d["path"], d["field"]) for d in result["differences"]}
+    assert fields == {("/srv/hard/sparse/sparse-64M", "sparseness")}, fields
+
+
+@pytest.mark.fixture
+@pytest.mark.parametrize("name,fstype,inode_size", [
+    ("bullseye-i386", "ext3", 128), ("bookworm-amd64", "ext4", 256)])
+def test_legacy_fixtures_build_and_verify(request: pytest.FixtureRequest, tmp_path: Path,
+                                          name: str, fstype: str, inode_size: int) -> None:
+    tree: Path = request.getfixturevalue(
+        "bullseye_tree" if name.startswith("bullseye") else "bookworm_tree")
+    image = tmp_path / f"{name}.img"
+    report = build(tree, image)
+    assert (report["filesystem"], report["inode_size"]) == (fstype, inode_size)
+    if fstype == "ext4":
+        assert "metadata_csum_seed" not in report["features"]  # bookworm's GRUB 2.06
+    assert_faithful(tree, image)
