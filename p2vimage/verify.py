@@ -64,6 +64,7 @@ class Difference:
     field: str
     source: str
     image: str
+    note: str = ""
 
 
 @dataclasses.dataclass
@@ -88,8 +89,11 @@ class VerifyResult:
                for d in self.differences[:max_shown]]
         if len(self.differences) > max_shown:
             out.append(f"… and {len(self.differences) - max_shown} more (use --json)")
-        out += [f"{d.path}: {d.field} limited by the filesystem: {d.source} → {d.image}"
-                for d in self.limited[:max_shown]]
+        out += [f"{d.path}: {d.field} beyond what the filesystem keeps: {d.source} → {d.image}"
+                for d in self.limited if d.note == "range"][:max_shown]
+        nanos = sum(1 for d in self.limited if d.note == "nanoseconds")
+        if nanos:
+            out.append(f"{nanos} mtimes lost their nanoseconds (128-byte inodes keep seconds)")
         verdict = "identical" if not self.differences else f"{len(self.differences)} differences"
         extra = f", {len(self.expected)} expected rewrites" if self.expected else ""
         out.append(f"verify: {self.compared} paths compared, {verdict}{extra}")
@@ -237,7 +241,8 @@ def compare(source: dict[bytes, Entry], image: dict[bytes, Entry], inode_size: i
             continue
         want_time = _stored_time(src.mtime, inode_size)
         if want_time != src.mtime and want_time == img.mtime:
-            limited.append(Difference(name, "mtime", _show(src.mtime), _show(img.mtime)))
+            note = "nanoseconds" if want_time[0] == src.mtime[0] else "range"
+            limited.append(Difference(name, "mtime", _show(src.mtime), _show(img.mtime), note))
         checks: list[tuple[str, object, object]] = [
             ("mode", oct(src.mode), oct(img.mode)), ("uid", src.uid, img.uid),
             ("gid", src.gid, img.gid), ("size", src.size, img.size),

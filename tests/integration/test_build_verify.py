@@ -77,6 +77,34 @@ def test_grub_legacy_tree_gets_small_inodes_and_warns_about_2040(hard_tree: Path
     assert "/srv/ns-mtime" in limited  # nanoseconds are not kept by 128-byte inodes
 
 
+def image_features(image: Path) -> set[str]:
+    out = subprocess.run(["dumpe2fs", "-h", f"{image}?offset=1048576"], capture_output=True,
+                         text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("Filesystem features:"))
+    return set(line.split(":", 1)[1].split())
+
+
+def test_guest_rules_reach_the_image(tmp_path: Path) -> None:
+    """An old e2fsprogs in the guest: ext4 without the features it cannot check."""
+    tree = tmp_path / "tree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot/vmlinuz-5.10.0-30-amd64").write_bytes(b"kernel")
+    (tree / "var/lib/dpkg").mkdir(parents=True)
+    (tree / "var/lib/dpkg/status").write_text(
+        "Package: e2fsprogs\nStatus: install ok installed\nVersion: 1.42.9-3\n")
+    old = build(tree, tmp_path / "old.img")
+    assert old["filesystem"] == "ext4"
+    features = image_features(tmp_path / "old.img")
+    assert {"extent", "64bit", "uninit_bg"} <= features
+    assert not features & {"metadata_csum", "metadata_csum_seed", "orphan_file"}
+    (tree / "var/lib/dpkg/status").write_text(
+        "Package: e2fsprogs\nStatus: install ok installed\nVersion: 1.47.0-2\n")
+    (tree / "boot/vmlinuz-6.1.0-30-amd64").write_bytes(b"kernel")
+    (tree / "boot/vmlinuz-5.10.0-30-amd64").unlink()
+    build(tree, tmp_path / "new.img")
+    assert {"metadata_csum", "orphan_file", "64bit"} <= image_features(tmp_path / "new.img")
+
+
 def test_image_matches_the_kernels_view(hard_tree: Path, tmp_path: Path) -> None:
     """debugfs's reading of the image equals what the kernel shows through a loop mount."""
     image = tmp_path / "k.img"

@@ -1,0 +1,63 @@
+"""Shared pieces of the benchmark scripts: timing, medians, the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+P2VIMAGE = [sys.executable, "-m", "p2vimage"]
+
+
+def sh(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> None:
+    """Run a command, failing loudly."""
+    subprocess.run([os.fspath(a) for a in argv], check=True, cwd=REPO,
+                   **kwargs)  # type: ignore[call-overload]
+
+
+def timed(fn: Callable[[], None]) -> float:
+    """Wall-clock seconds of one call."""
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def alternate(methods: dict[str, Callable[[], None]], rounds: int,
+              cleanup: Callable[[], None]) -> dict[str, list[float]]:
+    """Run every method once per round, in rotating order; return the timings."""
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    names = list(methods)
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            cleanup()
+            seconds = timed(methods[name])
+            times[name].append(seconds)
+            print(f"round {r + 1}: {name}: {seconds:.2f} s", file=sys.stderr)
+    cleanup()
+    return times
+
+
+def report(title: str, times: dict[str, list[float]], ratios: dict[str, tuple[str, str]],
+           extra: dict[str, object], as_json: bool) -> None:
+    """Print medians and the named ratios (numerator / denominator of medians)."""
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    computed = {label: medians[a] / medians[b] for label, (a, b) in ratios.items()}
+    if as_json:
+        print(json.dumps({"title": title, "times": times, "medians": medians,
+                          "ratios": computed, **extra}, indent=2))
+        return
+    print(f"# {title}")
+    for name, median in medians.items():
+        runs = ", ".join(f"{t:.2f}" for t in times[name])
+        print(f"{name:28} median {median:8.2f} s   runs {runs}")
+    for label, ratio in computed.items():
+        print(f"{label:40} {ratio:8.2f}x")
+    for key, value in extra.items():
+        print(f"{key}: {value}")
