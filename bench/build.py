@@ -78,6 +78,7 @@ def main() -> None:
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
+        sh(["sync"])  # no method pays for flushing another's writes
 
     methods = {"cp -a + sync": cp_a, "p2vimage build": p2v_build,
                "virt-make-fs": virt_make_fs}

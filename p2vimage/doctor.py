@@ -10,7 +10,7 @@ from p2vimage.errors import P2VError
 
 # tool: what needs it
 TOOLS: dict[str, str] = {
-    "mke2fs": "build", "debugfs": "build, verify", "e2fsck": "build", "sfdisk": "build",
+    "mke2fs": "build", "debugfs": "build, verify", "e2fsck": "tests",
     "qemu-img": "convert, upload", "qemu-system-x86_64": "smoke, accelerator probe",
     "rsync": "sync", "ssh": "sync, cutover", "extlinux": "convert",
     "virt-make-fs": "bench (baseline)", "debootstrap": "test fixtures",

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
+from p2vimage import mbr
 from p2vimage import run as runmod
 from p2vimage.errors import InputError, StageError
 
@@ -27,20 +28,28 @@ def spec(image: Path, offset: int) -> str:
     return f"{os.fspath(image)}?offset={offset}"
 
 
-def debugfs(image: Path, offset: int, commands: Iterable[str], write: bool = False) -> bytes:
+def debugfs(image: Path, offset: int, commands: Iterable[str | bytes],
+            write: bool = False) -> bytes:
     """Run ``commands`` in one debugfs process; return its raw stdout.
 
     Raises StageError when debugfs fails or reports an error for any command.
     """
-    script = "".join(f"{c}\n" for c in commands)
+    script = b"".join((c if isinstance(c, bytes) else c.encode()) + b"\n" for c in commands)
     argv = ["debugfs", *(["-w"] if write else []), "-f", "-", spec(image, offset)]
-    proc = runmod.run(argv, input=script.encode(), text=False, what="debugfs")
+    proc = runmod.run(argv, input=script, text=False, what="debugfs")
     errors = [line for line in proc.stderr.decode("utf-8", "replace").splitlines()
               if line.strip() and not line.startswith("debugfs ")]
     if errors:
         raise StageError(f"debugfs on {image}: {errors[0]}",
-                                hint="the filesystem may be damaged; run e2fsck -fn on it")
+                         hint="the filesystem may be damaged; run e2fsck -fn on it")
     return bytes(proc.stdout)
+
+
+def quote(path: bytes) -> bytes | None:
+    """``path`` as one debugfs argument ("" escapes a quote), or None if it cannot be one."""
+    if b"\n" in path or b"\r" in path:
+        return None
+    return b'"' + path.replace(b'"', b'""') + b'"'
 
 
 def walk(image: Path, offset: int) -> tuple[dict[bytes, int], dict[int, int]]:
@@ -107,14 +116,7 @@ def find_partition(image: Path) -> int:
     try:
         with open(image, "rb") as f:
             head = f.read(512)
-            offsets = []
-            if len(head) == 512 and head[510:512] == b"\x55\xaa":
-                for i in range(4):
-                    entry = head[446 + 16 * i: 462 + 16 * i]
-                    start = int.from_bytes(entry[8:12], "little")
-                    if entry[4] != 0 and start:
-                        offsets.append(start * 512)
-            offsets.append(0)
+            offsets = [p.start * mbr.SECTOR for p in mbr.partitions(head)] + [0]
             for offset in offsets:
                 f.seek(offset + 1024 + 56)
                 if f.read(2) == b"\x53\xef":

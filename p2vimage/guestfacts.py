@@ -1,7 +1,8 @@
 """Facts about the guest found in a root tree: kernels, bootloader, tool versions.
 
-Pure reading of files under a staging tree (no chroot, nothing executed), so ``build`` can
-choose a filesystem the guest's own kernel, fsck and bootloader can read. Versions come from
+Pure reading of guest files through a FileView (a staging tree or an image opened with
+libguestfs; nothing is executed), so ``build`` can choose a filesystem the guest's own kernel,
+fsck and bootloader can read, and ``convert`` knows what it converts. Versions come from
 the package database when there is one (dpkg) and otherwise from the version strings compiled
 into the binaries, which works for any distribution.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+
+from p2vimage.files import FileView, LocalFiles, read_text
 
 Version = tuple[int, ...]
 
@@ -57,13 +60,11 @@ class GuestFacts:
         return min(self.kernel_versions) if self.kernel_versions else None
 
 
-def dpkg_versions(root: Path, names: set[str]) -> dict[str, str]:
+def dpkg_versions(view: FileView, names: set[str]) -> dict[str, str]:
     """Installed versions of ``names`` from /var/lib/dpkg/status (empty without dpkg)."""
-    status = root / "var/lib/dpkg/status"
     found: dict[str, str] = {}
-    try:
-        text = status.read_text(errors="replace")
-    except OSError:
+    text = read_text(view, "/var/lib/dpkg/status")
+    if text is None:
         return found
     for stanza in text.split("\n\n"):
         fields: dict[str, str] = {}
@@ -77,94 +78,88 @@ def dpkg_versions(root: Path, names: set[str]) -> dict[str, str]:
     return found
 
 
-def _scan_binary(paths: list[Path], pattern: re.Pattern[bytes]) -> Version | None:
+def _scan_binary(view: FileView, paths: list[str],
+                 pattern: re.Pattern[bytes]) -> Version | None:
     for path in paths:
-        try:
-            if path.is_symlink() or not path.is_file() or path.stat().st_size > 8 << 20:
-                continue
-            match = pattern.search(path.read_bytes())
-        except OSError:
-            continue
+        data = view.read_bytes(path, 8 << 20)
+        match = pattern.search(data) if data else None
         if match:
             return parse_version(match.group(1).decode())
     return None
 
 
-def _e2fsprogs(root: Path, pkgs: dict[str, str]) -> Version | None:
+def _e2fsprogs(view: FileView, pkgs: dict[str, str]) -> Version | None:
     if "e2fsprogs" in pkgs:
         return parse_version(pkgs["e2fsprogs"])
-    candidates = [root / d / n for d in ("sbin", "usr/sbin", "lib", "usr/lib", "lib64")
+    candidates = [f"/{d}/{n}" for d in ("sbin", "usr/sbin", "lib", "usr/lib", "lib64")
                   for n in ("e2fsck", "mke2fs", "libext2fs.so.2")]
-    return _scan_binary(candidates, _E2FS_RE)
+    return _scan_binary(view, candidates, _E2FS_RE)
 
 
-def _kernels(root: Path) -> list[tuple[Version, str]]:
+def kernels(view: FileView) -> list[tuple[Version, str]]:
+    """(version, file name) of each kernel image in /boot, oldest first."""
     found: list[tuple[Version, str]] = []
-    boot = root / "boot"
-    try:
-        entries = list(boot.iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        match = _KERNEL_RE.match(entry.name)
-        if match and not entry.is_dir():
-            found.append((tuple(int(g) for g in match.groups() if g is not None), entry.name))
+    for name in view.listdir("/boot"):
+        match = _KERNEL_RE.match(name)
+        if match and view.is_file(f"/boot/{name}"):
+            found.append((tuple(int(g) for g in match.groups() if g is not None), name))
     return sorted(found)
 
 
-def _bootloader(root: Path, pkgs: dict[str, str]) -> str:
+def _bootloader(view: FileView, pkgs: dict[str, str]) -> str:
     grub2_markers = ("boot/grub/grub.cfg", "boot/grub2/grub.cfg", "usr/lib/grub/i386-pc",
                      "usr/lib/grub/x86_64-efi", "etc/default/grub")
     grub2_pkgs = ("grub-pc", "grub-efi-amd64", "grub2-common", "grub-common")
     if any(p in pkgs for p in grub2_pkgs) and "grub-legacy" not in pkgs:
         return "grub2"
-    if (root / "boot/grub/menu.lst").exists() or "grub-legacy" in pkgs or "grub" in pkgs:
+    if view.is_file("/boot/grub/menu.lst") or "grub-legacy" in pkgs or "grub" in pkgs:
         return "grub-legacy"
-    if any((root / p).exists() for p in grub2_markers):
+    if any(view.is_file(p) or view.is_dir(p) for p in grub2_markers):
         return "grub2"
-    for conf in ("boot/extlinux/extlinux.conf", "boot/extlinux.conf", "extlinux.conf",
-                 "boot/syslinux/syslinux.cfg"):
-        if (root / conf).exists():
+    for conf in ("/boot/extlinux/extlinux.conf", "/boot/extlinux.conf", "/extlinux.conf",
+                 "/boot/syslinux/syslinux.cfg"):
+        if view.is_file(conf):
             return "extlinux"
     return "none"
 
 
-def _distro(root: Path) -> str:
-    for rel in ("etc/os-release", "usr/lib/os-release"):
-        try:
-            text = (root / rel).read_text(errors="replace")
-        except OSError:
-            continue
-        match = re.search(r'^PRETTY_NAME="?([^"\n]*)', text, re.M)
+def _distro(view: FileView) -> str:
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        text = read_text(view, path)
+        match = re.search(r'^PRETTY_NAME="?([^"\n]*)', text, re.M) if text else None
         if match:
             return match.group(1)
-    for rel in ("etc/debian_version", "etc/redhat-release", "etc/SuSE-release"):
-        try:
-            return f"{rel.split('/')[1]} {(root / rel).read_text(errors='replace').strip()}"
-        except OSError:
-            continue
+    for path in ("/etc/debian_version", "/etc/redhat-release", "/etc/SuSE-release"):
+        text = read_text(view, path)
+        if text is not None:
+            return f"{path.split('/')[2]} {text.strip()}"
     return "unknown"
 
 
 def inspect_tree(root: Path) -> GuestFacts:
     """Read the facts of the guest whose root filesystem is the tree at ``root``."""
-    pkgs = dpkg_versions(root, {"e2fsprogs", "grub-pc", "grub-common", "grub-efi-amd64",
+    return inspect_files(LocalFiles(root))
+
+
+def inspect_files(view: FileView) -> GuestFacts:
+    """Read the facts of the guest whose root filesystem ``view`` shows."""
+    pkgs = dpkg_versions(view, {"e2fsprogs", "grub-pc", "grub-common", "grub-efi-amd64",
                                 "grub2-common", "grub-legacy", "grub", "syslinux",
                                 "extlinux"})
-    kernels = _kernels(root)
+    found = kernels(view)
     grub = pkgs.get("grub-common") or pkgs.get("grub-pc") or pkgs.get("grub2-common")
     syslinux: Version | None = None
     if "extlinux" in pkgs or "syslinux" in pkgs:
         syslinux = parse_version(pkgs.get("extlinux") or pkgs["syslinux"])
-    elif (root / "boot/extlinux").is_dir():
-        syslinux = _scan_binary([root / "boot/extlinux/ldlinux.sys",
-                                 root / "boot/extlinux/ldlinux.c32"], _SYSLINUX_RE)
+    elif view.is_dir("/boot/extlinux"):
+        syslinux = _scan_binary(view, ["/boot/extlinux/ldlinux.sys",
+                                       "/boot/extlinux/ldlinux.c32"], _SYSLINUX_RE)
     return GuestFacts(
-        kernels=tuple(name for _, name in kernels),
-        kernel_versions=tuple(v for v, _ in kernels),
-        bootloader=_bootloader(root, pkgs),
+        kernels=tuple(name for _, name in found),
+        kernel_versions=tuple(v for v, _ in found),
+        bootloader=_bootloader(view, pkgs),
         grub_version=parse_version(grub) if grub else None,
         syslinux_version=syslinux,
-        e2fsprogs_version=_e2fsprogs(root, pkgs),
-        distro=_distro(root),
+        e2fsprogs_version=_e2fsprogs(view, pkgs),
+        distro=_distro(view),
     )

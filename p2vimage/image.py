@@ -3,18 +3,19 @@
 The filesystem is made and filled by the host's ``mke2fs -d`` straight into the partition
 offset of the image file (no loop device, no mount, no root), then completed with one debugfs
 batch for what ``mke2fs -d`` does not carry (1.47.0): the root directory's own mode, owner and
-time, nanoseconds, and times past 2038. ``sfdisk`` writes the msdos label last.
+time, nanoseconds, and times past 2038. The msdos label is written last (``mbr.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import stat
 import time
 from pathlib import Path
 
-from p2vimage import e2fs, fsprofile, guestfacts
+from p2vimage import e2fs, fsprofile, guestfacts, mbr
 from p2vimage import run as runmod
 from p2vimage.errors import InputError, P2VError, PreconditionError, StageError
 from p2vimage.log import log, progress, step
@@ -23,7 +24,7 @@ from p2vimage.output import atomic_output, check_output
 MiB = 1 << 20
 PART_OFFSET = MiB  # partition 1 starts at sector 2048
 BLOCK = 4096
-TOOLS = ("mke2fs", "debugfs", "sfdisk", "e2fsck")
+TOOLS = ("mke2fs", "debugfs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +144,8 @@ def _populate(opts: BuildOptions, profile: fsprofile.FsProfile, scan: TreeScan,
             while proc.poll() is None:
                 done = os.stat(partial).st_blocks * 512
                 bar.update(max(0, min(done, scan.data_bytes) - bar.n))
-                time.sleep(0.2)
+                with contextlib.suppress(runmod.TimeoutExpired):
+                    proc.wait(timeout=0.2)
         _, err = proc.communicate()
     finally:
         if proc.poll() is None:  # interrupted: never leave mke2fs writing
@@ -168,22 +170,25 @@ def _complete(partial: Path, opts: BuildOptions, profile: fsprofile.FsProfile,
     warnings: list[str] = []
     st = os.lstat(opts.source)
     low, extra = e2fs.time_fields(*divmod(st.st_mtime_ns, 1_000_000_000))
-    commands = [f"sif <2> mode 0{stat.S_IFMT(st.st_mode) | stat.S_IMODE(st.st_mode):o}",
-                f"sif <2> uid {st.st_uid}", f"sif <2> gid {st.st_gid}",
-                f"sif <2> mtime @{low}"]
+    commands: list[str | bytes] = [f"sif <2> mode 0{st.st_mode:o}", f"sif <2> uid {st.st_uid}",
+                                   f"sif <2> gid {st.st_gid}", f"sif <2> mtime @{low}"]
     if profile.keeps_nanoseconds:
         commands.append(f"sif <2> mtime_extra {extra}")
-        fixups = scan.time_fixups
-        if fixups:
-            inodes, _ = e2fs.walk(partial, PART_OFFSET)
-            for rel, seconds, nanos in fixups:
-                ino = inodes.get(rel)
-                if ino is None:
-                    raise StageError(f"{os.fsdecode(rel)} is missing from the image",
+        # Address by quoted path; only names a command line cannot carry need inode numbers.
+        inodes: dict[bytes, int] | None = None
+        for rel, seconds, nanos in scan.time_fixups:
+            target = e2fs.quote(b"/" + rel)
+            if target is None:
+                if inodes is None:
+                    inodes, _ = e2fs.walk(partial, PART_OFFSET)
+                if rel not in inodes:
+                    raise StageError(f"{os.fsdecode(rel)!r} is missing from the image",
                                      hint="mke2fs -d skipped it; run with --debug")
-                if seconds >= 2**34 - 2**31:
-                    warnings.append(f"{os.fsdecode(rel)}: mtime beyond 2446 cannot be stored")
-                commands.append(f"sif <{ino}> mtime_extra {e2fs.time_fields(seconds, nanos)[1]}")
+                target = f"<{inodes[rel]}>".encode()
+            if seconds >= 2**34 - 2**31:
+                warnings.append(f"{os.fsdecode(rel)}: mtime beyond 2446 cannot be stored")
+            extra = e2fs.time_fields(seconds, nanos)[1]
+            commands.append(b"sif " + target + f" mtime_extra {extra}".encode())
     else:
         for rel, seconds, _ in scan.time_fixups:
             if not -(2**31) <= seconds < 2**31:
@@ -191,13 +196,6 @@ def _complete(partial: Path, opts: BuildOptions, profile: fsprofile.FsProfile,
                                 f"{profile.inode_size}-byte inodes keep (1901–2038)")
     e2fs.debugfs(partial, PART_OFFSET, commands, write=True)
     return warnings
-
-
-def _partition(partial: Path, size: int) -> None:
-    sectors = (size - PART_OFFSET) // 512
-    script = f"label: dos\nunit: sectors\n\nstart=2048, size={sectors}, type=83, bootable\n"
-    runmod.run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", os.fspath(partial)],
-               input=script, what="sfdisk")
 
 
 def check_source(source: Path) -> None:
@@ -247,7 +245,11 @@ def build(opts: BuildOptions) -> dict[str, object]:
             _populate(opts, profile, scan, partial, size)
         with step("Completing what mke2fs -d does not carry"):
             warnings = _complete(partial, opts, profile, scan)
-        _partition(partial, size)
+        fd = os.open(partial, os.O_WRONLY)
+        try:
+            mbr.write_table(fd, size)
+        finally:
+            os.close(fd)
     for warning in warnings:
         log.warning("warning: %s", warning)
     return {
