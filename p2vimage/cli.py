@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from p2vimage import __version__, doctor, image, verify
+from p2vimage import __version__, convert, doctor, image, verify
 from p2vimage import log as logmod
 from p2vimage.errors import Interrupted, P2VError
 from p2vimage.units import human, parse_size
@@ -94,6 +94,33 @@ def build_cmd(settings: Settings, source: Path, output: Path, size: int | None,
     _emit(settings, report, [
         f"image: {report['image']} ({human(int(str(report['size_bytes'])))}, "
         f"{report['filesystem']}, {report['inodes']} inodes, {report['seconds']} s)"])
+
+
+@cli.command("convert")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path))
+@click.option("--bootloader", type=click.Choice(["auto", "extlinux", "grub2"]), default="auto",
+              show_default=True, help="auto: the guest's GRUB 2, else extlinux.")
+@click.option("--root-device", type=click.Choice(["uuid", "vda1"]), default="uuid",
+              show_default=True, help="How fstab and the bootloader name the root.")
+@click.option("--dry-run", is_flag=True, help="Show the diffs and actions; write nothing.")
+@click.option("--swap-file", "swap_file", type=SizeType(), default=None,
+              help="Replace swap partitions with a swap file of this size.")
+@click.option("--disable-hardware-services", is_flag=True,
+              help="Disable mdadm, smartd, lm-sensors, hwclock and vserver services.")
+@click.option("--initramfs-method", type=click.Choice(["auto", "chroot", "appliance"]),
+              default="auto", show_default=True,
+              help="Where a missing-virtio initrd is rebuilt (chroot needs root).")
+@click.pass_obj
+def convert_cmd(settings: Settings, image_path: Path, bootloader: str, root_device: str,
+                dry_run: bool, swap_file: int | None, disable_hardware_services: bool,
+                initramfs_method: str) -> None:
+    """Make IMAGE boot as a KVM guest, offline (fstab, bootloader, initrd, console, NICs)."""
+    opts = convert.ConvertOptions(
+        image=image_path, bootloader=bootloader, root_device=root_device, dry_run=dry_run,
+        swap_file_mib=(swap_file or 0) >> 20, disable_hardware=disable_hardware_services,
+        initramfs_method=initramfs_method)
+    report = convert.convert(opts)
+    _emit(settings, report, convert.lines(report))
 
 
 @cli.command("verify")

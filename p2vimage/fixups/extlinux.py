@@ -34,7 +34,7 @@ def config(info: GuestInfo, target: Target) -> str:
         "TIMEOUT 20\n"
         "\n"
         "LABEL linux\n"
-        f"  MENU LABEL {info.distro}, kernel {kernel.version}\n"
+        f"  MENU LABEL {info.distro} {info.version}, kernel {kernel.version}\n"
         f"  KERNEL {kernel.image}\n"
         f"  APPEND {' '.join(append)}\n"
     )
