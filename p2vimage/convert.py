@@ -290,6 +290,7 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
         edits = [e for r in results for e in r.edits]
         actions = [a for r in results for a in r.actions]
         if not opts.dry_run and (edits or actions):
+            guest.mount_root(guest.root_device, writable=True)
             with step(f"Applying {len(edits)} edits"):
                 _apply_edits(guest, edits)
             for action in actions:

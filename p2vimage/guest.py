@@ -54,6 +54,7 @@ class Guest:
         self.g = g
         self._dirs: dict[str, dict[str, str]] = {}
         self._files: dict[str, bytes] = {}
+        self.root_device = ""
 
     def __enter__(self) -> Guest:
         try:
@@ -92,12 +93,17 @@ class Guest:
                 "arch": g.inspect_get_arch(root),
                 "product": g.inspect_get_product_name(root)}
 
-    def mount_root(self, device: str) -> None:
-        """Mount ``device`` at / (read-only for a read-only session)."""
-        if self.readonly:
-            self.g.mount_ro(device, "/")
-        else:
+    def mount_root(self, device: str, writable: bool = False) -> None:
+        """Mount ``device`` at /: read-only until ``writable`` (a refused image stays as is)."""
+        if writable and self.readonly:
+            raise StageError("cannot write in a read-only session", hint="this is a bug")
+        with contextlib.suppress(RuntimeError):
+            self.g.umount("/")
+        if writable:
             self.g.mount(device, "/")
+        else:
+            self.g.mount_ro(device, "/")
+        self.root_device = device
 
     def uuid(self, device: str) -> str:
         """The filesystem UUID of ``device``."""
