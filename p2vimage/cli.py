@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from p2vimage import __version__, convert, doctor, image, verify
+from p2vimage import __version__, convert, doctor, image, smoke, verify
 from p2vimage import log as logmod
 from p2vimage.errors import Interrupted, P2VError
 from p2vimage.units import human, parse_size
@@ -121,6 +121,54 @@ def convert_cmd(settings: Settings, image_path: Path, bootloader: str, root_devi
         initramfs_method=initramfs_method)
     report = convert.convert(opts)
     _emit(settings, report, convert.lines(report))
+
+
+class ProbeType(click.ParamType):  # type: ignore[type-arg]
+    """A probe: tcp:22:SSH-2.0, http:80:/:200:TEXT, ssh:COMMAND:TEXT."""
+
+    name = "probe"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> smoke.Probe:
+        if isinstance(value, smoke.Probe):
+            return value
+        try:
+            return smoke.parse_probe(str(value))
+        except P2VError as exc:
+            self.fail(exc.message, param, ctx)
+
+
+@cli.command("smoke")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path))
+@click.option("--probe", "probes", type=ProbeType(), multiple=True,
+              help="tcp:PORT[:BANNER], http:PORT[:PATH[:STATUS[:TEXT]]] or ssh:CMD[:TEXT], "
+              "optionally @ADDRESS (default: the guest's first address). Repeatable.")
+@click.option("--no-default-probe", is_flag=True, help="Do not probe ssh's SSH-2.0 banner.")
+@click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where report.json, junit.xml and the console log go (IMAGE.smoke/).")
+@click.option("--login-regex", default=r"login:\s*$", show_default=True)
+@click.option("--timeout", "timeouts", multiple=True, metavar="PHASE=SECONDS",
+              help="Phase timeouts: bootloader, kernel, login, probes. Repeatable.")
+@click.pass_obj
+def smoke_cmd(settings: Settings, image_path: Path, probes: tuple[smoke.Probe, ...],
+              no_default_probe: bool, report_dir: Path | None, login_regex: str,
+              timeouts: tuple[str, ...]) -> None:
+    """Boot IMAGE under qemu (never modified), watch its console, probe its services."""
+    limits: dict[str, float] = {}
+    for item in timeouts:
+        phase, _, value = item.partition("=")
+        if phase not in ("bootloader", "kernel", "login", "probes") or not value.replace(
+                ".", "", 1).isdigit():
+            raise click.UsageError(f"bad --timeout {item!r}: use bootloader|kernel|login|"
+                                   "probes=SECONDS")
+        limits[{"probes": "probe"}.get(phase, phase) + "_timeout"] = float(value)
+    opts = smoke.SmokeOptions(image=image_path, report_dir=report_dir, probes=probes,
+                              default_probe=not no_default_probe, login_regex=login_regex,
+                              **limits)  # type: ignore[arg-type]
+    report = smoke.smoke(opts)
+    _emit(settings, report, smoke.lines(report))
+    if report["verdict"] != "pass":
+        raise smoke.failure_error(report)
 
 
 @cli.command("verify")

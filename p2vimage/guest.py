@@ -42,7 +42,7 @@ class Guest:
     """An image opened in a libguestfs appliance, with its root filesystem mounted at /."""
 
     def __init__(self, image: Path, accel: Accel, readonly: bool, smp: int = 2,
-                 memsize: int = 1024) -> None:
+                 memsize: int = 1024, image_format: str = "raw") -> None:
         self.image = image
         self.readonly = readonly
         g = _guestfs().GuestFS(python_return_dict=True)
@@ -50,7 +50,7 @@ class Guest:
         g.set_backend_settings(["force_tcg"] if accel.guestfs == "tcg" else [])
         g.set_smp(smp)
         g.set_memsize(memsize)
-        g.add_drive_opts(os.fspath(image), format="raw", readonly=readonly)
+        g.add_drive_opts(os.fspath(image), format=image_format, readonly=readonly)
         self.g = g
         self._dirs: dict[str, dict[str, str]] = {}
         self._files: dict[str, bytes] = {}
