@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     tree = args.tree
     if tree is None:
-        from tests.fixtures.mkfixture import ensure_fixture
+        from p2vimage.examples import ensure_fixture
 
         tree = ensure_fixture("bookworm-amd64")
     from p2vimage import accel

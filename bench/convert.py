@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     from p2vimage import accel
-    from tests.fixtures.mkfixture import ensure_fixture
+    from p2vimage.examples import ensure_fixture
 
     env = {**os.environ, **accel.detect().guestfs_env()}
     work = Path(tempfile.mkdtemp(prefix="p2vimage-bench-", dir="/var/tmp"))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,7 +52,7 @@ def hard_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small tree with every hard kind of file and metadata (no debootstrap needed)."""
     if not is_root():
         pytest.skip("needs root")
-    from tests.fixtures.mkfixture import make_hard_content
+    from p2vimage.examples import make_hard_content
 
     root = tmp_path_factory.mktemp("hard") / "root"
     (root / "etc").mkdir(parents=True)
@@ -77,7 +80,7 @@ def bookworm_tree() -> Path:
 def _fixture(name: str) -> Path:
     if not is_root():
         pytest.skip("fixtures need root (debootstrap)")
-    from tests.fixtures.mkfixture import ensure_fixture
+    from p2vimage.examples import ensure_fixture
 
     return ensure_fixture(name)
 
@@ -93,3 +96,56 @@ def copy_tree(tmp_path: Path) -> Iterator[object]:
 
     yield copy
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def hv_wrapper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A qemu wrapper for libguestfs (LIBGUESTFS_HV) that logs every appliance boot."""
+    top = tmp_path_factory.mktemp("hv")
+    log = top / "launches.log"
+    wrapper = top / "qemu"
+    # libguestfs also runs the hypervisor to query its features: a boot has -kernel
+    wrapper.write_text("#!/bin/sh\n"
+                       f"case \" $* \" in *' -kernel '*) echo launch >> {log};; esac\n"
+                       f"exec {shutil.which('qemu-system-x86_64')} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def launches(wrapper: Path) -> int:
+    """Appliance boots logged by ``hv_wrapper`` so far."""
+    log = wrapper.parent / "launches.log"
+    return log.read_text().count("launch") if log.exists() else 0
+
+
+@dataclasses.dataclass
+class Converted:
+    """A fixture built and converted once per session; tests must not modify the image."""
+
+    name: str
+    tree: Path
+    image: Path
+    report: dict[str, Any]
+    launches: int
+
+
+@pytest.fixture(scope="session")
+def converted(tmp_path_factory: pytest.TempPathFactory,
+              hv_wrapper: Path) -> Callable[[str], Converted]:
+    """name → the fixture tree built and converted (once per session)."""
+    cache: dict[str, Converted] = {}
+
+    def get(name: str) -> Converted:
+        if name not in cache:
+            tree = _fixture(name)
+            image = tmp_path_factory.mktemp(name) / f"{name}.img"
+            assert p2v("build", tree, "-o", image).returncode == 0
+            before = launches(hv_wrapper)
+            proc = p2v("--json", "convert", image,
+                       env={**os.environ, "LIBGUESTFS_HV": str(hv_wrapper)})
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            cache[name] = Converted(name, tree, image, json.loads(proc.stdout),
+                                    launches(hv_wrapper) - before)
+        return cache[name]
+
+    return get

@@ -10,36 +10,18 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from p2vimage import verify
 from p2vimage.convert import host_mbr_bin
 from p2vimage.mbr import partitions
-from tests.conftest import assert_one_line_error, needs_root, p2v
+from tests.conftest import Converted, assert_one_line_error, launches, needs_root, p2v
 
 pytestmark = [pytest.mark.slow, pytest.mark.fixture, needs_root]
-
-
-@pytest.fixture(scope="module")
-def hv_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A qemu wrapper for libguestfs (LIBGUESTFS_HV) that logs every appliance start."""
-    top = tmp_path_factory.mktemp("hv")
-    log = top / "launches.log"
-    wrapper = top / "qemu"
-    # libguestfs also runs the hypervisor to query its features: a boot has -kernel
-    wrapper.write_text("#!/bin/sh\n"
-                       f"case \" $* \" in *' -kernel '*) echo launch >> {log};; esac\n"
-                       f"exec {shutil.which('qemu-system-x86_64')} \"$@\"\n")
-    wrapper.chmod(0o755)
-    return wrapper
-
-
-def launches(wrapper: Path) -> int:
-    log = wrapper.parent / "launches.log"
-    return log.read_text().count("launch") if log.exists() else 0
 
 
 def convert(image: Path, wrapper: Path, *args: str) -> tuple[dict[str, object], int]:
@@ -72,22 +54,16 @@ def sha(path: Path) -> str:
     return digest.hexdigest()
 
 
-@pytest.fixture(scope="module", params=["bullseye-i386", "bookworm-amd64"])
-def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-              hv_log: Path) -> Iterator[tuple[str, Path, Path, dict[str, object], int]]:
-    name: str = request.param
-    tree: Path = request.getfixturevalue(
-        "bullseye_tree" if name.startswith("bullseye") else "bookworm_tree")
-    image = tmp_path_factory.mktemp(name) / f"{name}.img"
-    assert p2v("build", tree, "-o", image).returncode == 0
-    report, count = convert(image, hv_log)
-    yield name, tree, image, report, count
-    image.unlink()
+@pytest.fixture(params=["bullseye-i386", "bookworm-amd64"])
+def conv(request: pytest.FixtureRequest,
+         converted: Callable[[str], Converted]) -> tuple[str, Path, Path, dict[str, Any], int]:
+    c = converted(request.param)
+    return c.name, c.tree, c.image, c.report, c.launches
 
 
 def test_one_launch_and_the_result_reads_back(
-        converted: tuple[str, Path, Path, dict[str, object], int]) -> None:
-    name, _, image, report, count = converted
+        conv: tuple[str, Path, Path, dict[str, Any], int]) -> None:
+    name, _, image, report, count = conv
     assert count == 1
     assert report["appliance_launches"] == 1 and report["changed"] is True
     guest = report["guest"]
@@ -131,12 +107,12 @@ def test_one_launch_and_the_result_reads_back(
 
 
 def test_second_convert_changes_nothing(
-        converted: tuple[str, Path, Path, dict[str, object], int], hv_log: Path) -> None:
-    _, _, image, _, _ = converted
+        conv: tuple[str, Path, Path, dict[str, Any], int], hv_wrapper: Path) -> None:
+    _, _, image, _, _ = conv
     before, _ = verify.image_manifest(image)
     with open(image, "rb") as f:
         mbr_before = f.read(512)
-    report, count = convert(image, hv_log)
+    report, count = convert(image, hv_wrapper)
     assert count == 1
     assert report["changed"] is False
     after, _ = verify.image_manifest(image)
@@ -149,8 +125,8 @@ def test_second_convert_changes_nothing(
 
 
 def test_verify_lists_only_documented_rewrites(
-        converted: tuple[str, Path, Path, dict[str, object], int]) -> None:
-    _, tree, image, _, _ = converted
+        conv: tuple[str, Path, Path, dict[str, Any], int]) -> None:
+    _, tree, image, _, _ = conv
     proc = p2v("--json", "verify", tree, image)
     result = json.loads(proc.stdout)
     assert proc.returncode == 0, result["differences"][:10]
@@ -164,13 +140,13 @@ def test_verify_lists_only_documented_rewrites(
     assert {d["path"] for d in strict["differences"]} == rewritten
 
 
-def test_initrd_without_virtio_is_rebuilt(tmp_path: Path, hv_log: Path) -> None:
-    from tests.fixtures.mkfixture import ensure_fixture
+def test_initrd_without_virtio_is_rebuilt(tmp_path: Path, hv_wrapper: Path) -> None:
+    from p2vimage.examples import ensure_fixture
 
     tree = ensure_fixture("bullseye-i386-novirtio")
     image = tmp_path / "novirtio.img"
     assert p2v("build", tree, "-o", image).returncode == 0
-    report, count = convert(image, hv_log)
+    report, count = convert(image, hv_wrapper)
     assert count == 1
     guest, initramfs = report["guest"], report["initramfs"]
     assert isinstance(guest, dict) and isinstance(initramfs, dict)
@@ -185,7 +161,7 @@ def test_initrd_without_virtio_is_rebuilt(tmp_path: Path, hv_log: Path) -> None:
                              check=True).stdout
     for module in ("virtio_blk.ko", "virtio_pci.ko", "virtio_net.ko"):
         assert module in listing
-    again, _ = convert(image, hv_log)
+    again, _ = convert(image, hv_wrapper)
     assert again["changed"] is False
 
 
