@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from p2vimage import __version__, convert, doctor, image, smoke, verify
+from p2vimage import __version__, convert, doctor, image, pipeline, smoke, verify
 from p2vimage import log as logmod
 from p2vimage.errors import Interrupted, P2VError
 from p2vimage.units import human, parse_size
@@ -169,6 +169,44 @@ def smoke_cmd(settings: Settings, image_path: Path, probes: tuple[smoke.Probe, .
     _emit(settings, report, smoke.lines(report))
     if report["verdict"] != "pass":
         raise smoke.failure_error(report)
+
+
+@cli.command("run")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="The image to make.")
+@click.option("--from", "first", type=click.Choice(pipeline.STAGES), default="build",
+              show_default=True, help="First stage to run.")
+@click.option("--until", "last", type=click.Choice(pipeline.STAGES), default="smoke",
+              show_default=True, help="Last stage to run.")
+@click.option("--resume", is_flag=True, help="Skip stages whose stamp shows them done.")
+@click.option("--force", is_flag=True, help="Replace an existing image.")
+@click.option("--size", type=SizeType(), help="Image size (default: tree + headroom).")
+@click.option("--bootloader", type=click.Choice(["auto", "extlinux", "grub2"]), default="auto")
+@click.option("--root-device", type=click.Choice(["uuid", "vda1"]), default="uuid")
+@click.option("--probe", "probes", type=ProbeType(), multiple=True,
+              help="Smoke probes (see 'smoke --help'). Repeatable.")
+@click.pass_obj
+def run_cmd(settings: Settings, source: Path, output: Path, first: str, last: str,
+            resume: bool, force: bool, size: int | None, bootloader: str, root_device: str,
+            probes: tuple[smoke.Probe, ...]) -> None:
+    """The pipeline: SOURCE tree → built, converted, smoke-tested image."""
+    opts = pipeline.RunOptions(
+        source=source, image=output, workdir=settings.workdir, first=first, last=last,
+        resume=resume, force=force, build={"size": size} if size else {},
+        convert={"bootloader": bootloader, "root_device": root_device},
+        smoke={"probes": probes} if probes else {})
+    results = pipeline.run(opts)
+    _emit(settings, results, pipeline.lines(results))
+
+
+@cli.command("demo")
+@click.pass_obj
+def demo_cmd(settings: Settings) -> None:
+    """The built-in example: a bullseye i386 legacy host through build, convert and smoke."""
+    workdir = settings.workdir or Path("/var/tmp/p2vimage-demo")
+    results = pipeline.demo(workdir)
+    _emit(settings, results, pipeline.lines(results))
 
 
 @cli.command("verify")

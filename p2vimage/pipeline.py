@@ -1,0 +1,162 @@
+"""``run``: build → convert → smoke for one host, each stage resumable from its stamp; and
+``demo``, the built-in example run end to end.
+
+A work directory (``--workdir``, default ``IMAGE.work``) keeps one stamp per finished stage:
+its options and the image's size and mtime right after it. ``--resume`` skips a stage whose
+stamp matches (same options, image unchanged since), so a rerun after a crash continues where
+it stopped; ``--from``/``--until`` run a slice of the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from p2vimage import convert as convertmod
+from p2vimage import image as imagemod
+from p2vimage import smoke as smokemod
+from p2vimage.errors import InputError
+from p2vimage.log import log, step
+
+STAGES = ("build", "convert", "smoke")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """Settings of one pipeline run."""
+
+    source: Path
+    image: Path
+    workdir: Path | None = None
+    first: str = "build"
+    last: str = "smoke"
+    resume: bool = False
+    force: bool = False
+    build: dict[str, Any] = dataclasses.field(default_factory=dict)  # BuildOptions fields
+    convert: dict[str, Any] = dataclasses.field(default_factory=dict)  # ConvertOptions fields
+    smoke: dict[str, Any] = dataclasses.field(default_factory=dict)  # SmokeOptions fields
+
+    @property
+    def work(self) -> Path:
+        """The work directory holding the stamps and reports."""
+        return self.workdir or self.image.with_name(self.image.name + ".work")
+
+
+def _image_state(image: Path) -> dict[str, int] | None:
+    try:
+        st = image.stat()
+    except FileNotFoundError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _digest(options: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stamp_path(opts: RunOptions, stage: str) -> Path:
+    return opts.work / f"{stage}.stamp.json"
+
+
+def _stamp_matches(opts: RunOptions, stage: str, options: dict[str, Any]) -> bool:
+    path = _stamp_path(opts, stage)
+    try:
+        stamp = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    return bool(stamp.get("options") == _digest(options)
+                and stamp.get("image") == _image_state(opts.image))
+
+
+def _write_stamp(opts: RunOptions, stage: str, options: dict[str, Any],
+                 report: dict[str, Any]) -> None:
+    opts.work.mkdir(parents=True, exist_ok=True)
+    stamp = {"stage": stage, "finished": time.time(), "options": _digest(options),
+             "image": _image_state(opts.image), "report": report}
+    tmp = _stamp_path(opts, stage).with_suffix(".tmp")
+    tmp.write_text(json.dumps(stamp, indent=2, default=str) + "\n")
+    tmp.replace(_stamp_path(opts, stage))
+
+
+def run(opts: RunOptions) -> dict[str, Any]:
+    """Run the stages from ``opts.first`` to ``opts.last``; return every stage's report."""
+    for name in (opts.first, opts.last):
+        if name not in STAGES:
+            raise InputError(f"unknown stage {name!r}", hint=f"stages: {', '.join(STAGES)}")
+    chosen = STAGES[STAGES.index(opts.first):STAGES.index(opts.last) + 1]
+    if not chosen:
+        raise InputError(f"--from {opts.first} comes after --until {opts.last}",
+                         hint=f"stages run in this order: {', '.join(STAGES)}")
+    if opts.first != "build" and not opts.image.exists():
+        raise InputError(f"image {opts.image} does not exist",
+                         hint="run from the build stage first")
+    stages: dict[str, tuple[dict[str, Any], Callable[[], dict[str, Any]]]] = {
+        "build": ({"source": os.fspath(opts.source), **opts.build}, lambda: imagemod.build(
+            imagemod.BuildOptions(source=opts.source, output=opts.image,
+                                  force=opts.force or opts.resume, **opts.build))),
+        "convert": (dict(opts.convert), lambda: convertmod.convert(
+            convertmod.ConvertOptions(image=opts.image, **opts.convert))),
+        "smoke": ({k: str(v) for k, v in opts.smoke.items()}, lambda: _smoke(opts)),
+    }
+    results: dict[str, Any] = {"image": os.fspath(opts.image), "workdir": os.fspath(opts.work),
+                               "stages": {}}
+    started = time.monotonic()
+    for name in chosen:
+        options, action = stages[name]
+        if opts.resume and _stamp_matches(opts, name, options):
+            log.info("‣ %s: done before (stamp %s), skipped", name, _stamp_path(opts, name))
+            results["stages"][name] = {"skipped": True}
+            continue
+        for later in STAGES[STAGES.index(name):]:  # a stage redone invalidates what follows
+            _stamp_path(opts, later).unlink(missing_ok=True)
+        with step(f"Stage {name}"):
+            report = action()
+        _write_stamp(opts, name, options, report)
+        results["stages"][name] = report
+        if name == "smoke" and report["verdict"] != "pass":
+            results["verdict"] = "fail"
+            raise smokemod.failure_error(report)
+    results["seconds"] = round(time.monotonic() - started, 2)
+    smoke_report = results["stages"].get("smoke")
+    results["verdict"] = smoke_report.get("verdict", "pass") if isinstance(
+        smoke_report, dict) and "verdict" in smoke_report else "not smoked"
+    return results
+
+
+def _smoke(opts: RunOptions) -> dict[str, Any]:
+    return smokemod.smoke(smokemod.SmokeOptions(image=opts.image,
+                                                report_dir=opts.work / "smoke", **opts.smoke))
+
+
+def lines(results: dict[str, Any]) -> list[str]:
+    """The human summary of a pipeline run."""
+    out = []
+    for name, report in results["stages"].items():
+        if report.get("skipped"):
+            out.append(f"{name}: skipped (done before)")
+        elif name == "smoke":
+            out += smokemod.lines(report)
+        else:
+            out.append(f"{name}: done in {report.get('seconds')} s")
+    out.append(f"image: {results['image']}")
+    out.append(f"verdict: {results.get('verdict')}")
+    return out
+
+
+def demo(workdir: Path) -> dict[str, Any]:
+    """The built-in example: the bullseye i386 legacy tree through the whole pipeline."""
+    from p2vimage.examples import ensure_fixture
+
+    with step("Example tree bullseye-i386 (debootstrap, cached)"):
+        tree = ensure_fixture("bullseye-i386")
+    workdir.mkdir(parents=True, exist_ok=True)
+    page = smokemod.Probe("http", 80, "p2vimage fixture bullseye-i386 OK")
+    return run(RunOptions(source=tree, image=workdir / "bullseye-i386.raw",
+                          workdir=workdir / "work", force=True,
+                          smoke={"probes": (page,)}))
