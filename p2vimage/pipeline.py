@@ -64,14 +64,16 @@ def _stamp_path(opts: RunOptions, stage: str) -> Path:
     return opts.work / f"{stage}.stamp.json"
 
 
-def _stamp_matches(opts: RunOptions, stage: str, options: dict[str, Any]) -> bool:
-    path = _stamp_path(opts, stage)
+def _stamp(opts: RunOptions, stage: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The stage's stamp when it shows the stage done with these options on this image."""
     try:
-        stamp = json.loads(path.read_text())
+        stamp: dict[str, Any] = json.loads(_stamp_path(opts, stage).read_text())
     except (FileNotFoundError, ValueError):
-        return False
-    return bool(stamp.get("options") == _digest(options)
-                and stamp.get("image") == _image_state(opts.image))
+        return None
+    if stamp.get("options") == _digest(options) and stamp.get("image") == _image_state(
+            opts.image):
+        return stamp
+    return None
 
 
 def _write_stamp(opts: RunOptions, stage: str, options: dict[str, Any],
@@ -109,9 +111,10 @@ def run(opts: RunOptions) -> dict[str, Any]:
     started = time.monotonic()
     for name in chosen:
         options, action = stages[name]
-        if opts.resume and _stamp_matches(opts, name, options):
+        stamp = _stamp(opts, name, options) if opts.resume else None
+        if stamp is not None:
             log.info("‣ %s: done before (stamp %s), skipped", name, _stamp_path(opts, name))
-            results["stages"][name] = {"skipped": True}
+            results["stages"][name] = {**stamp["report"], "skipped": True}
             continue
         for later in STAGES[STAGES.index(name):]:  # a stage redone invalidates what follows
             _stamp_path(opts, later).unlink(missing_ok=True)
@@ -140,10 +143,12 @@ def lines(results: dict[str, Any]) -> list[str]:
     for name, report in results["stages"].items():
         if report.get("skipped"):
             out.append(f"{name}: skipped (done before)")
-        elif name == "smoke":
+        if name == "smoke":
             out += smokemod.lines(report)
-        else:
-            out.append(f"{name}: done in {report.get('seconds')} s")
+        elif not report.get("skipped"):
+            seconds = report.get("seconds")
+            total = seconds.get("total") if isinstance(seconds, dict) else seconds
+            out.append(f"{name}: done in {total} s")
     out.append(f"image: {results['image']}")
     out.append(f"verdict: {results.get('verdict')}")
     return out

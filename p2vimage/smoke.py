@@ -157,11 +157,16 @@ def netdev_arg(nic: Nic) -> str:
     net = nic.iface.network
     if net is not None and nic.iface.address:
         guest = ipaddress.IPv4Address(nic.iface.address)
-        hosts = [h for h in net.hosts() if h != guest]
+        # user-mode networking needs room for its host and DNS addresses: at least a /24
+        slirp = net if net.prefixlen <= 24 else net.supernet(new_prefix=24)
         gateway = ipaddress.IPv4Address(nic.iface.gateway) if nic.iface.gateway else None
-        host = gateway if gateway in net and gateway != guest else hosts[0]
-        dns = next(h for h in hosts if h != host)
-        parts += [f"net={net}", f"host={host}", f"dns={dns}", f"dhcpstart={dns + 1}"]
+        on_link = [h for h in net.hosts() if h != guest] or [
+            h for h in slirp.hosts() if h != guest]
+        host = gateway if gateway is not None and gateway in net and gateway != guest \
+            else on_link[0]
+        free = (h for h in slirp.hosts() if h not in (guest, host))
+        dns = next(free)
+        parts += [f"net={slirp}", f"host={host}", f"dns={dns}", f"dhcpstart={next(free)}"]
     for (addr, port), host_port in nic.forwards.items():
         parts.append(f"hostfwd=tcp:127.0.0.1:{host_port}-{addr}:{port}")
     return ",".join(parts)
@@ -209,7 +214,11 @@ def _failure(text: str) -> str | None:
 
 def watch(console: Console | _Both, proc: Any, pattern: re.Pattern[str], timeout: float,
           name: str, since: int = 0) -> tuple[Check, int]:
-    """Wait for ``pattern`` on the console after offset ``since``; fail fast on failures."""
+    """Wait for ``pattern`` on the console after offset ``since``; fail fast on failures.
+
+    Returns where the match starts: a marker that ends this phase may be a later phase's
+    own (a quiet kernel prints nothing before ``login:``), and that phase must see it too.
+    """
     started = time.monotonic()
     while True:
         text = console.text()
@@ -218,7 +227,7 @@ def watch(console: Console | _Both, proc: Any, pattern: re.Pattern[str], timeout
         if failure:
             return Check(name, False, time.monotonic() - started, failure), len(text)
         if m:
-            return Check(name, True, time.monotonic() - started), m.end()
+            return Check(name, True, time.monotonic() - started), m.start()
         if proc.poll() is not None:
             return Check(name, False, time.monotonic() - started,
                          f"the VM stopped (qemu exit {proc.returncode})"), len(text)

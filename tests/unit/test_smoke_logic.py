@@ -1,0 +1,79 @@
+"""smoke's pure parts: probe specs, user-mode networks matching the guest, console verdicts,
+JUnit output."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from p2vimage.errors import InputError
+from p2vimage.netconf import Iface
+from p2vimage.smoke import Nic, Probe, _failure, junit, netdev_arg, parse_probe, plan_nics
+
+
+def test_parse_probe() -> None:
+    assert parse_probe("tcp:22:SSH-2.0") == Probe("tcp", 22, "SSH-2.0")
+    assert parse_probe("http:80:/index.html:200:It works") == Probe(
+        "http", 80, "It works", path="/index.html", status=200)
+    assert parse_probe("http:8080") == Probe("http", 8080, "", path="/", status=200)
+    assert parse_probe("ssh:uname -m:i686") == Probe("ssh", 22, "i686", command="uname -m")
+    assert parse_probe("tcp:25:220@192.0.2.5").address == "192.0.2.5"
+    for bad in ("ftp:21", "tcp:x", "http:", "ssh:"):
+        with pytest.raises(InputError):
+            parse_probe(bad)
+
+
+def test_netdev_matches_the_static_interface() -> None:
+    nic = Nic(Iface("eth1", "static", "203.0.113.10", 24, "203.0.113.1"), "n1")
+    nic.forwards[("203.0.113.10", 22)] = 40022
+    assert netdev_arg(nic) == (
+        "user,id=n1,net=203.0.113.0/24,host=203.0.113.1,dns=203.0.113.2,"
+        "dhcpstart=203.0.113.3,hostfwd=tcp:127.0.0.1:40022-203.0.113.10:22")
+
+
+def test_netdev_when_the_gateway_is_the_guest_or_missing() -> None:
+    nic = Nic(Iface("eth0", "static", "192.0.2.1", 30, None), "n0")
+    assert netdev_arg(nic) == "user,id=n0,net=192.0.2.0/24,host=192.0.2.2,dns=192.0.2.3," \
+                              "dhcpstart=192.0.2.4"
+    nic = Nic(Iface("eth0", "static", "198.51.100.20", 24, "198.51.100.1"), "n0")
+    assert netdev_arg(nic) == "user,id=n0,net=198.51.100.0/24,host=198.51.100.1," \
+                              "dns=198.51.100.2,dhcpstart=198.51.100.3"
+
+
+def test_dhcp_nic_and_default() -> None:
+    assert netdev_arg(Nic(Iface("eth0", "dhcp"), "n0")) == "user,id=n0"
+    assert [n.iface for n in plan_nics([])] == [Iface("eth0", "dhcp")]
+    assert plan_nics([])[0].address() == "10.0.2.15"
+
+
+@pytest.mark.parametrize("text,reason", [
+    ("[    2.1] Kernel panic - not syncing: VFS: Unable to mount root fs", "kernel panic"),
+    ("Gave up waiting for root file system device.", "root device not found"),
+    ("ALERT!  UUID=dead does not exist.  Dropping to a shell!", "root device not found"),
+    ("Give root password for maintenance", "boot stopped in a maintenance shell"),
+    ("Could not find ramdisk image: /boot/initrd.img-5.10", "bootloader error"),
+    ("error: file '/boot/vmlinuz-6.1' not found.", "bootloader error"),
+    ("Boot failed: not a bootable disk", "bootloader error"),
+])
+def test_console_failures(text: str, reason: str) -> None:
+    found = _failure(f"noise\n{text}\nmore")
+    assert found is not None and found.startswith(reason)
+
+
+def test_healthy_console_is_not_a_failure() -> None:
+    assert _failure("Linux version 5.10\nINIT: version 2.96 booting\nns1 login: ") is None
+
+
+def test_junit() -> None:
+    report = {"image": "/x/ns1.img", "seconds": 30.5, "console_tail": ["a]]>b"],
+              "checks": [{"name": "phase login", "ok": True, "seconds": 20.0, "detail": ""},
+                         {"name": "probe http 80/", "ok": False, "seconds": 9.0,
+                          "detail": 'HTTP 500 "oops" <b>'}]}
+    root = ET.fromstring(junit(report))
+    assert root.attrib == {"name": "p2vimage.smoke", "tests": "2", "failures": "1",
+                           "time": "30.5"}
+    cases = root.findall("testcase")
+    assert [c.attrib["name"] for c in cases] == ["phase login", "probe http 80/"]
+    failure = cases[1].find("failure")
+    assert failure is not None and failure.attrib["message"] == 'HTTP 500 "oops" <b>'
