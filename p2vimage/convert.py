@@ -186,11 +186,15 @@ def _rebuild_argv(tool: str, version: str) -> list[str]:
 def _grub2_install(guest: Guest, target: Target) -> None:
     grub = "grub2" if guest.is_file("/usr/sbin/grub2-install") else "grub"
     cfg = "/boot/grub2/grub.cfg" if grub == "grub2" else "/boot/grub/grub.cfg"
-    guest.command([f"{grub}-install", "/dev/sda"])
+    # The appliance's kernel names the image's disk (usually sda; under load it has been sdb):
+    # ask the guest's own grub-probe which disk and partition hold /.
+    disk = guest.command([f"{grub}-probe", "--target=disk", "/"]).strip()
+    device = guest.command([f"{grub}-probe", "--target=device", "/"]).strip()
+    guest.command([f"{grub}-install", disk])
     guest.command([f"{grub}-mkconfig", "-o", cfg])
-    if not target.root_spec.startswith("UUID="):  # the appliance saw the disk as sda
-        text = (guest.read_bytes(cfg) or b"").replace(b"root=/dev/sda1",
-                                                     f"root={target.root_spec}".encode())
+    if not target.root_spec.startswith("UUID="):  # grub-mkconfig wrote the appliance's name
+        text = (guest.read_bytes(cfg) or b"").replace(f"root={device} ".encode(),
+                                                     f"root={target.root_spec} ".encode())
         guest.write(cfg, text)
 
 

@@ -31,12 +31,15 @@ def test_fixture_boots_and_answers_on_its_own_address(
         converted: Callable[[str], Converted], tmp_path: Path, name: str) -> None:
     image = converted(name).image
     before = os.stat(image)
-    proc = smoke(image, tmp_path / "r", "--probe", f"http:80:/:200:{PAGES[name]}")
+    # bullseye also runs a command over ssh: a throwaway key, written into the overlay only
+    ssh = ["--probe", "ssh:cat /etc/hostname:ns1"] if name.startswith("bullseye") else []
+    proc = smoke(image, tmp_path / "r", "--probe", f"http:80:/:200:{PAGES[name]}", *ssh)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert report["verdict"] == "pass"
     assert [c["name"] for c in report["checks"]] == [
-        "phase bootloader", "phase kernel", "phase login", "probe tcp 22", "probe http 80/"]
+        "phase bootloader", "phase kernel", "phase login", "probe tcp 22", "probe http 80/",
+        *(["probe ssh cat /etc/hostname"] if ssh else [])]
     assert report["checks"][3]["detail"].startswith("SSH-2.0")
     static = next(n for n in report["nics"] if n["method"] == "static")
     assert static["address"] == STATIC[name]
@@ -44,7 +47,8 @@ def test_fixture_boots_and_answers_on_its_own_address(
     if name.startswith("bullseye"):  # eth0 on DHCP without a DHCP client, eth1 static
         assert [n["name"] for n in report["nics"]] == ["eth0", "eth1"]
     junit = (tmp_path / "r/junit.xml").read_text()
-    assert 'tests="5" failures="0"' in junit and 'name="probe http 80/"' in junit
+    assert f'tests="{5 + len(ssh) // 2}" failures="0"' in junit
+    assert 'name="probe http 80/"' in junit
     assert "login:" in (tmp_path / "r/console.log").read_text()
     after = os.stat(image)
     assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
