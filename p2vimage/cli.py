@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import click
 
-from p2vimage import __version__, convert, doctor, image, pipeline, smoke, verify
+from p2vimage import __version__, convert, doctor, image, pipeline, smoke, sync, verify
 from p2vimage import log as logmod
 from p2vimage.errors import Interrupted, P2VError
 from p2vimage.units import human, parse_size
@@ -207,6 +207,44 @@ def demo_cmd(settings: Settings) -> None:
     workdir = settings.workdir or Path("/var/tmp/p2vimage-demo")
     results = pipeline.demo(workdir)
     _emit(settings, results, pipeline.lines(results))
+
+
+@cli.command("sync")
+@click.argument("source")
+@click.argument("staging", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--exclude", "excludes", multiple=True,
+              help="rsync exclude pattern, on top of the profile. Repeatable.")
+@click.option("--profile", type=click.Choice(["seed", "none"]), default="seed",
+              show_default=True, help="seed: the seed's excludes (/srv/backup, /var/cache, "
+              "/var/lib/backuppc, /var/tmp).")
+@click.option("--final", is_flag=True, help="The last pass, after services stopped.")
+@click.option("--bwlimit", help="rsync --bwlimit (e.g. 20m).")
+@click.option("--identity", type=click.Path(path_type=Path, dir_okay=False),
+              help="ssh identity file.")
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="OPTION",
+              help="An ssh -o option (e.g. ProxyJump=gw). Repeatable.")
+@click.option("--accept-new-host-key", is_flag=True,
+              help="Trust the host key of a host never seen before (a changed key is still "
+              "refused).")
+@click.pass_obj
+def sync_cmd(settings: Settings, source: str, staging: Path, excludes: tuple[str, ...],
+             profile: str, final: bool, bwlimit: str | None, identity: Path | None,
+             ssh_options: tuple[str, ...], accept_new_host_key: bool) -> None:
+    """Copy SOURCE (ssh://[user@]host[:port]/[path] or a directory) into STAGING with rsync."""
+    base = sync.SEED_PROFILE if profile == "seed" else ()
+    opts = sync.SyncOptions(
+        source=sync.parse_source(source), staging=staging, workdir=settings.workdir,
+        excludes=(*base, *excludes), final=final, bwlimit=bwlimit, identity=identity,
+        ssh_options=ssh_options, accept_new_host_key=accept_new_host_key)
+    report = sync.sync(opts)
+    stats = report["stats"]
+    _emit(settings, report, [
+        f"{'final ' if final else ''}sync: {stats.get('files', 0)} entries, "
+        f"{stats.get('files_transferred', 0)} files sent, {stats.get('deleted', 0)} deleted, "
+        f"{stats.get('bytes_received', 0) + stats.get('bytes_sent', 0)} bytes moved in "
+        f"{report['seconds']} s",
+        *(f"  crossed mount {m['mountpoint']} ({m['type']})" for m in report["crossed_mounts"]),
+        *(f"  not synced (lost): {f}" for f in report["lost_features"])])
 
 
 @cli.command("verify")

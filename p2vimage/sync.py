@@ -1,0 +1,277 @@
+"""``sync``: copy a live legacy root filesystem into a local staging tree with rsync over the
+system OpenSSH client; repeatable, so the final pass after services stop moves only the delta.
+
+rsync runs with archive mode, hard links, ACLs, xattrs, sparse files, numeric ids and
+``--delete``. It does not stop at mount points: the remote ``/proc/mounts`` says which mounts
+are local disk filesystems (crossed, so seven partitions land in one tree) and which are
+pseudo or network filesystems (their contents excluded, the mount point kept). The user's own
+``~/.ssh/config`` applies (aliases, ports, identities, jump hosts); host keys are verified.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from p2vimage import run as runmod
+from p2vimage.errors import InputError, PreconditionError, StageError
+from p2vimage.log import log, step
+
+LOCAL_FS = {"ext2", "ext3", "ext4", "xfs", "reiserfs", "jfs", "btrfs", "vfat", "msdos",
+            "ufs", "reiser4", "f2fs", "zfs", "nilfs2", "hfsplus", "ocfs2", "minix", "ext4dev"}
+# The seed's excludes (its rsync line), minus what convert needs (/etc/fstab, /boot/grub,
+# the udev rules are copied and rewritten there).
+SEED_PROFILE = ("/srv/backup/*", "/var/cache/*", "/var/lib/backuppc/*", "/var/tmp/*")
+ALWAYS = ("/proc/*", "/sys/*", "/dev/pts/*", "/run/*")
+_SOURCE = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^/:]+)"
+                     r"(?::(?P<port>\d+))?(?P<path>/.*)?$")
+_STAT = {"files": r"Number of files: ([\d,]+)",
+         "files_transferred": r"Number of regular files transferred: ([\d,]+)",
+         "deleted": r"Number of deleted files: ([\d,]+)",
+         "bytes_transferred": r"Total transferred file size: ([\d,]+)",
+         "bytes_sent": r"Total bytes sent: ([\d,]+)",
+         "bytes_received": r"Total bytes received: ([\d,]+)",
+         "total_size": r"Total file size: ([\d,]+)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where the legacy root filesystem is: a host over ssh, or a local directory."""
+
+    host: str | None
+    user: str | None
+    port: int | None
+    path: str
+
+    @property
+    def remote(self) -> bool:
+        """Whether the source is reached over ssh."""
+        return self.host is not None
+
+    def rsync_spec(self) -> str:
+        """The rsync source argument (with a trailing slash: copy the contents)."""
+        path = self.path.rstrip("/") + "/"
+        if not self.remote:
+            return path
+        return f"{self.user + '@' if self.user else ''}{self.host}:{path}"
+
+
+def parse_source(text: str) -> Source:
+    """``ssh://[user@]host[:port]/[path]`` or a local directory. Raises InputError."""
+    if text.startswith("ssh://"):
+        m = _SOURCE.match(text)
+        if not m:
+            raise InputError(f"cannot read source {text!r}",
+                             hint="write it as ssh://[user@]host[:port]/[path]")
+        host = m.group("host").strip("[]")
+        if host.startswith("-"):
+            raise InputError(f"bad host in {text!r}", hint="a host cannot start with '-'")
+        return Source(host, m.group("user"), int(m.group("port")) if m.group("port") else None,
+                      m.group("path") or "/")
+    if "://" in text:
+        raise InputError(f"unsupported source {text!r}", hint="use ssh:// or a local path")
+    path = Path(text)
+    if not path.is_dir():
+        raise InputError(f"source {text} is not a directory",
+                         hint="give ssh://host/ or a local root directory")
+    return Source(None, None, None, os.fspath(path.resolve()))
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncOptions:
+    """Settings of one sync pass."""
+
+    source: Source
+    staging: Path
+    workdir: Path | None = None
+    excludes: tuple[str, ...] = SEED_PROFILE
+    final: bool = False
+    bwlimit: str | None = None
+    identity: Path | None = None
+    ssh_options: tuple[str, ...] = ()
+    accept_new_host_key: bool = False
+    timeout: int = 600  # rsync's I/O timeout: a cut connection fails instead of hanging
+
+    @property
+    def work(self) -> Path:
+        """Where the source facts and the pass history are recorded."""
+        return self.workdir or self.staging.with_name(self.staging.name + ".sync")
+
+
+def ssh_argv(opts: SyncOptions) -> list[str]:
+    """The ssh command (the user's ~/.ssh/config applies; host keys are checked)."""
+    argv = ["ssh", "-o", "BatchMode=yes", "-o",
+            f"StrictHostKeyChecking={'accept-new' if opts.accept_new_host_key else 'yes'}"]
+    if opts.source.port:
+        argv += ["-p", str(opts.source.port)]
+    if opts.identity:
+        argv += ["-i", os.fspath(opts.identity), "-o", "IdentitiesOnly=yes"]
+    for option in opts.ssh_options:
+        argv += ["-o", option]
+    return argv
+
+
+_PROBE = ("cat /proc/mounts; echo @@@; uname -r; echo @@@; "
+          "(rsync --version 2>/dev/null || echo none) | head -n 1")
+
+
+def _ssh_error(opts: SyncOptions, stderr: str, code: int) -> Exception:
+    host = opts.source.host
+    last = runmod.last_line(stderr)
+    if "Host key verification failed" in stderr or "No ED25519 host key is known" in stderr \
+            or "host key for" in stderr.lower():
+        return PreconditionError(
+            f"the host key of {host} is unknown or changed",
+            hint="check it, then add it with ssh-keyscan to known_hosts (or pass "
+                 "--accept-new-host-key for a host never seen before)")
+    if "Permission denied" in stderr or "Too many authentication failures" in stderr:
+        return PreconditionError(f"{host} refused the ssh login ({last})",
+                                 hint="check the user, key (--identity) and ~/.ssh/config")
+    if code == 255:
+        return PreconditionError(f"cannot reach {host} over ssh ({last})",
+                                 hint="check the host name, port and network")
+    return StageError(f"ssh to {host} failed (exit {code}): {last}", hint="run with --debug")
+
+
+def remote_facts(opts: SyncOptions) -> dict[str, Any]:
+    """Mounts, kernel and rsync version of the source (over ssh, or locally)."""
+    if opts.source.remote:
+        target = f"{opts.source.user + '@' if opts.source.user else ''}{opts.source.host}"
+        proc = runmod.run([*ssh_argv(opts), target, "sh", "-c", shlex.quote(_PROBE)],
+                          check=False, timeout=120, what="ssh")
+        if proc.returncode != 0:
+            raise _ssh_error(opts, proc.stderr, proc.returncode)
+        out = proc.stdout
+    else:
+        proc = runmod.run(["sh", "-c", _PROBE], timeout=60)
+        out = proc.stdout
+    mounts_text, kernel, rsync = [*out.split("@@@\n"), "", ""][:3]
+    mounts = []
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            point = fields[1].replace("\\040", " ").replace("\\011", "\t")
+            mounts.append({"device": fields[0], "mountpoint": point, "type": fields[2]})
+    version = re.search(r"version\s+(\d+)\.(\d+)\.(\d+)", rsync)
+    return {"mounts": mounts, "kernel": kernel.strip(), "rsync": rsync.strip(),
+            "rsync_version": [int(x) for x in version.groups()] if version else None}
+
+
+def mount_excludes(facts: dict[str, Any], root: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Excludes for the pseudo/network mounts under ``root``; the local mounts crossed."""
+    root = root.rstrip("/") or "/"
+    excludes, crossed = [], []
+    for m in facts["mounts"]:
+        point = m["mountpoint"]
+        if point != root and not point.startswith(root.rstrip("/") + "/"):
+            continue
+        rel = "/" + point[len(root):].lstrip("/") if root != "/" else point
+        if m["type"] in LOCAL_FS:
+            crossed.append({"mountpoint": rel, "type": m["type"], "device": m["device"]})
+        elif rel != "/":
+            excludes.append(rel.rstrip("/") + "/*")
+    return sorted(set(excludes)), crossed
+
+
+def rsync_argv(opts: SyncOptions, facts: dict[str, Any], excludes: list[str]) -> list[str]:
+    """The rsync command for one pass."""
+    version = facts.get("rsync_version") or [0, 0, 0]
+    full = version >= [3, 0, 0]  # ACL and xattr support both ends
+    argv = ["rsync", "-aHS", "--numeric-ids", "--delete", "--delete-excluded",
+            f"--timeout={opts.timeout}", "--stats", "--info=progress2"]
+    if full:
+        argv += ["-AX"]
+    if opts.bwlimit:
+        argv.append(f"--bwlimit={opts.bwlimit}")
+    for pattern in (*ALWAYS, *excludes, *opts.excludes):
+        argv.append(f"--exclude={pattern}")
+    if opts.source.remote:
+        argv += ["-e", shlex.join(ssh_argv(opts))]
+    argv += [opts.source.rsync_spec(), os.fspath(opts.staging) + "/"]
+    return argv
+
+
+def parse_stats(text: str) -> dict[str, int]:
+    """The numbers of rsync --stats."""
+    stats = {}
+    for key, pattern in _STAT.items():
+        m = re.search(pattern, text)
+        if m:
+            stats[key] = int(m.group(1).replace(",", ""))
+    return stats
+
+
+def unreadable(stderr: str) -> list[str]:
+    """Files rsync could not read on the source (never silently lost: they are listed)."""
+    found = re.findall(r'(?:send_files failed to open|opendir|readlink_stat|read errors mapping)'
+                       r' "([^"]+)"', stderr)
+    return list(dict.fromkeys(found))
+
+
+def sync(opts: SyncOptions) -> dict[str, Any]:
+    """One pass; returns its report and records it (and the source facts) in the work dir."""
+    runmod.require_tools(["rsync", "ssh"] if opts.source.remote else ["rsync"])
+    if opts.staging.exists() and not opts.staging.is_dir():
+        raise InputError(f"staging {opts.staging} is not a directory",
+                         hint="give a directory for the staging tree")
+    if not opts.staging.parent.is_dir():
+        raise InputError(f"directory {opts.staging.parent} does not exist",
+                         hint="create it first")
+    with step(f"Reading the source's mounts and versions ({opts.source.host or 'local'})"):
+        facts = remote_facts(opts)
+    if facts["rsync"] == "none":
+        raise PreconditionError(f"{opts.source.host} has no rsync",
+                                hint="install rsync on the legacy host")
+    lost = []
+    if facts.get("rsync_version") is None or facts["rsync_version"] < [3, 0, 0]:
+        lost = ["POSIX ACLs", "extended attributes (xattrs, file capabilities)"]
+        log.warning("warning: the source's rsync (%s) predates 3.0: syncing without %s",
+                    facts["rsync"], " and ".join(lost))
+    excludes, crossed = mount_excludes(facts, opts.source.path)
+    opts.staging.mkdir(mode=0o755, exist_ok=True)
+    argv = rsync_argv(opts, facts, excludes)
+    started = time.monotonic()
+    with step(f"rsync {'final ' if opts.final else ''}pass from {opts.source.rsync_spec()}"):
+        proc = runmod.run(argv, check=False, what="rsync")
+    seconds = round(time.monotonic() - started, 2)
+    stats = parse_stats(proc.stdout)
+    missing = unreadable(proc.stderr)
+    report = {"source": opts.source.rsync_spec(), "staging": os.fspath(opts.staging),
+              "final": opts.final, "seconds": seconds, "stats": stats,
+              "excluded": [*ALWAYS, *excludes, *opts.excludes], "crossed_mounts": crossed,
+              "unreadable": missing, "lost_features": lost, "rsync_exit": proc.returncode,
+              "facts": {"kernel": facts["kernel"], "rsync": facts["rsync"]}}
+    _record(opts, facts, report)
+    if proc.returncode in (0, 24):  # 24: files vanished while copying a live system
+        return report
+    if proc.returncode == 23 and missing:
+        raise StageError(f"{len(missing)} files could not be read on the source: "
+                         f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}",
+                         hint=f"fix their permissions or exclude them; the full list is in "
+                              f"{opts.work / 'passes.json'}")
+    if proc.returncode in (12, 30, 35, 255) or "connection" in proc.stderr.lower():
+        raise StageError(f"the connection to {opts.source.host or 'the source'} was lost "
+                         f"during the sync ({runmod.last_line(proc.stderr)})",
+                         hint="run the same sync again: it continues where it stopped")
+    raise StageError(f"rsync failed (exit {proc.returncode}): {runmod.last_line(proc.stderr)}",
+                     hint="run with --debug to see the command")
+
+
+def _record(opts: SyncOptions, facts: dict[str, Any], report: dict[str, Any]) -> None:
+    opts.work.mkdir(parents=True, exist_ok=True)
+    (opts.work / "source.json").write_text(json.dumps(facts, indent=2) + "\n")
+    history_path = opts.work / "passes.json"
+    try:
+        history = json.loads(history_path.read_text())
+    except (FileNotFoundError, ValueError):
+        history = []
+    history.append({"time": time.time(), **report})
+    tmp = history_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(history, indent=2) + "\n")
+    tmp.replace(history_path)

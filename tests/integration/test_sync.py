@@ -1,0 +1,160 @@
+"""sync from a real OpenSSH server on 127.0.0.1 (its own host key, an authorised test key):
+two passes with changes between them, then build + verify show the image equals the source;
+bad hosts, keys and remotes give one clear line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import assert_one_line_error, needs_root, p2v
+
+pytestmark = [needs_root]
+
+
+@dataclasses.dataclass
+class Sshd:
+    port: int
+    key: Path
+    known_hosts: Path
+    top: Path
+
+    def args(self, *extra: str) -> list[str]:
+        return ["--identity", str(self.key), "--ssh-option",
+                f"UserKnownHostsFile={self.known_hosts}", *extra]
+
+    def url(self, path: Path) -> str:
+        return f"ssh://root@127.0.0.1:{self.port}{path}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_sshd(top: Path, extra: str = "") -> tuple[subprocess.Popen[bytes], Sshd]:
+    top.mkdir(parents=True, exist_ok=True)
+    for name in ("host_key", "user_key"):
+        if not (top / name).exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(top / name)], check=True)
+    shutil.copy(top / "user_key.pub", top / "authorized_keys")
+    port = free_port()
+    (top / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {top / 'host_key'}\n"
+        f"AuthorizedKeysFile {top / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        f"StrictModes no\nPidFile {top / 'sshd.pid'}\nLogLevel ERROR\n{extra}")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(top / "sshd_config")])
+    deadline = time.monotonic() + 20
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert proc.poll() is None and time.monotonic() < deadline, "sshd did not start"
+        time.sleep(0.1)
+    host_pub = (top / "host_key.pub").read_text().split()
+    (top / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    return proc, Sshd(port, top / "user_key", top / "known_hosts", top)
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    proc, server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    proc.kill()
+    proc.wait()
+
+
+def change_source(root: Path) -> None:
+    """Add, modify, delete, rename, split and join hard links, change xattrs and modes,
+    replace a directory by a file."""
+    hard = root / "srv/hard"
+    (root / "srv/added.txt").write_text("new on the second pass\n")
+    (hard / "xattr/file").write_text("modified content\n")
+    (hard / "misc/empty-file").unlink()
+    os.rename(hard / "names/café", hard / "names/renamed café")
+    three = hard / "other/three-3"  # split from its hard-link group
+    data = three.read_bytes()
+    three.unlink()
+    three.write_bytes(data)
+    os.link(hard / "links/two-a", hard / "other/joined")  # join an existing group
+    subprocess.run(["setfattr", "-n", "user.comment", "-v", "changed", str(hard / "xattr/file")],
+                   check=True)
+    (hard / "modes/setuid").chmod(0o755)
+    shutil.rmtree(hard / "symlinks")
+    (hard / "symlinks").write_text("a directory replaced by a file\n")
+
+
+def test_two_passes_then_build_and_verify(sshd: Sshd, hard_tree: Path, tmp_path: Path,
+                                          copy_tree: Callable[..., Path]) -> None:
+    source = copy_tree(hard_tree, "source")
+    staging = tmp_path / "staging"
+    work = tmp_path / "work"
+    first = p2v("--json", "--workdir", work, "sync", sshd.url(source), staging, *sshd.args())
+    assert first.returncode == 0, first.stderr[-2000:]
+    one = json.loads(first.stdout)
+    assert one["stats"]["files_transferred"] > 15 and one["unreadable"] == []
+    assert p2v("build", staging, "-o", tmp_path / "a.img").returncode == 0
+    result = json.loads(p2v("--json", "verify", "--strict", source, tmp_path / "a.img").stdout)
+    assert result["differences"] == []
+    change_source(source)
+    final = p2v("--json", "--workdir", work, "sync", sshd.url(source), staging, "--final",
+                *sshd.args())
+    assert final.returncode == 0, final.stderr[-2000:]
+    two = json.loads(final.stdout)
+    assert two["final"] is True
+    assert 0 < two["stats"]["files_transferred"] < 10  # only the delta moves
+    assert p2v("build", staging, "-o", tmp_path / "b.img").returncode == 0
+    result = json.loads(p2v("--json", "verify", "--strict", source, tmp_path / "b.img").stdout)
+    assert result["differences"] == []
+    passes = json.loads((work / "passes.json").read_text())
+    assert [p["final"] for p in passes] == [False, True]
+    assert json.loads((work / "source.json").read_text())["rsync_version"][0] >= 3
+
+
+def test_unknown_host_key_is_refused(sshd: Sshd, hard_tree: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    proc = p2v("sync", sshd.url(hard_tree), tmp_path / "s", "--identity", sshd.key,
+               "--ssh-option", f"UserKnownHostsFile={empty}")
+    assert_one_line_error(proc, 3, "host key", "127.0.0.1")
+    assert not (tmp_path / "s").exists()
+
+
+def test_refused_login(sshd: Sshd, hard_tree: Path, tmp_path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(tmp_path / "other")], check=True)
+    proc = p2v("sync", sshd.url(hard_tree), tmp_path / "s", "--identity", tmp_path / "other",
+               "--ssh-option", f"UserKnownHostsFile={sshd.known_hosts}")
+    assert_one_line_error(proc, 3, "refused")
+
+
+def test_unreachable_host(hard_tree: Path, tmp_path: Path) -> None:
+    proc = p2v("sync", f"ssh://root@127.0.0.1:{free_port()}/", tmp_path / "s")
+    assert_one_line_error(proc, 3, "cannot reach", "127.0.0.1")
+
+
+def test_remote_without_rsync(hard_tree: Path, tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sh", "cat", "uname", "head"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or tool)
+    proc, server = start_sshd(tmp_path / "sshd", extra=f"SetEnv PATH={bin_dir}\n")
+    try:
+        result = p2v("sync", server.url(hard_tree), tmp_path / "s", *server.args())
+        assert_one_line_error(result, 3, "has no rsync")
+    finally:
+        proc.kill()
+        proc.wait()

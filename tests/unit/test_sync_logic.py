@@ -1,0 +1,93 @@
+"""sync's pure parts: sources, mount handling, the rsync command, its statistics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from p2vimage.errors import InputError
+from p2vimage.sync import (
+    SEED_PROFILE,
+    Source,
+    SyncOptions,
+    mount_excludes,
+    parse_source,
+    parse_stats,
+    rsync_argv,
+    unreadable,
+)
+
+MOUNTS = [
+    {"device": "/dev/sda1", "mountpoint": "/", "type": "ext3"},
+    {"device": "proc", "mountpoint": "/proc", "type": "proc"},
+    {"device": "sysfs", "mountpoint": "/sys", "type": "sysfs"},
+    {"device": "udev", "mountpoint": "/dev", "type": "tmpfs"},
+    {"device": "devpts", "mountpoint": "/dev/pts", "type": "devpts"},
+    {"device": "/dev/sda2", "mountpoint": "/boot", "type": "ext3"},
+    {"device": "/dev/sda5", "mountpoint": "/var", "type": "ext3"},
+    {"device": "/dev/mapper/vg-home", "mountpoint": "/home", "type": "xfs"},
+    {"device": "nfs1:/backup", "mountpoint": "/srv/backup", "type": "nfs"},
+    {"device": "tmpfs", "mountpoint": "/lib/init/rw", "type": "tmpfs"},
+]
+
+
+def test_parse_source() -> None:
+    assert parse_source("ssh://root@ns1.example.org:2222/") == Source(
+        "ns1.example.org", "root", 2222, "/")
+    assert parse_source("ssh://ns1") == Source("ns1", None, None, "/")
+    assert parse_source("ssh://[2001:db8::1]/srv/root") == Source(
+        "2001:db8::1", None, None, "/srv/root")
+    for bad in ("ssh://", "ssh://-oProxyCommand=x/", "ftp://host/", "/nonexistent/dir"):
+        with pytest.raises(InputError):
+            parse_source(bad)
+
+
+def test_local_mounts_are_crossed_pseudo_ones_excluded() -> None:
+    excludes, crossed = mount_excludes({"mounts": MOUNTS}, "/")
+    assert excludes == ["/dev/*", "/dev/pts/*", "/lib/init/rw/*", "/proc/*", "/srv/backup/*",
+                        "/sys/*"]
+    assert [c["mountpoint"] for c in crossed] == ["/", "/boot", "/var", "/home"]
+
+
+def test_mounts_under_a_source_path() -> None:
+    mounts = [{"device": "/dev/sdb1", "mountpoint": "/srv/root", "type": "ext4"},
+              {"device": "proc", "mountpoint": "/srv/root/proc", "type": "proc"},
+              {"device": "proc", "mountpoint": "/proc", "type": "proc"}]
+    excludes, crossed = mount_excludes({"mounts": mounts}, "/srv/root")
+    assert excludes == ["/proc/*"]
+    assert crossed == [{"mountpoint": "/", "type": "ext4", "device": "/dev/sdb1"}]
+
+
+def test_rsync_argv_over_ssh() -> None:
+    opts = SyncOptions(Source("ns1", "root", 2222, "/"), Path("/stage/ns1"),
+                       identity=Path("/keys/id"), ssh_options=("ProxyJump=gw",),
+                       bwlimit="10m")
+    argv = rsync_argv(opts, {"rsync_version": [3, 0, 3]}, ["/proc/*"])
+    assert argv[:5] == ["rsync", "-aHS", "--numeric-ids", "--delete", "--delete-excluded"]
+    assert "-AX" in argv and "--bwlimit=10m" in argv
+    assert [a for a in argv if a.startswith("--exclude=")] == [
+        "--exclude=/proc/*", "--exclude=/sys/*", "--exclude=/dev/pts/*", "--exclude=/run/*",
+        "--exclude=/proc/*", *(f"--exclude={p}" for p in SEED_PROFILE)]
+    assert argv[-3:] == ["ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -p 2222 -i /keys/id"
+                         " -o IdentitiesOnly=yes -o ProxyJump=gw", "root@ns1:/", "/stage/ns1/"]
+
+
+def test_old_rsync_gets_no_acls_or_xattrs() -> None:
+    opts = SyncOptions(Source(None, None, None, "/srv/tree"), Path("/stage"))
+    argv = rsync_argv(opts, {"rsync_version": [2, 6, 9]}, [])
+    assert "-AX" not in argv and "-e" not in argv
+    assert argv[-2:] == ["/srv/tree/", "/stage/"]
+
+
+def test_stats_and_unreadable() -> None:
+    out = ("Number of files: 14,852 (reg: 11,891, dir: 1,963)\n"
+           "Number of regular files transferred: 118\nNumber of deleted files: 3\n"
+           "Total file size: 704,123,456 bytes\nTotal transferred file size: 7,041,234 bytes\n"
+           "Total bytes sent: 1,234\nTotal bytes received: 7,100,000\n")
+    assert parse_stats(out) == {"files": 14852, "files_transferred": 118, "deleted": 3,
+                                "total_size": 704123456, "bytes_transferred": 7041234,
+                                "bytes_sent": 1234, "bytes_received": 7100000}
+    err = ('rsync: [sender] send_files failed to open "/etc/shadow": Permission denied (13)\n'
+           'rsync: [sender] opendir "/root/private" failed: Permission denied (13)\n')
+    assert unreadable(err) == ["/etc/shadow", "/root/private"]
