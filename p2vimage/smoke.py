@@ -34,8 +34,8 @@ from p2vimage.netconf import Iface, interfaces
 TOOLS = ("qemu-system-x86_64", "qemu-img")
 BOOTLOADER_OK = re.compile(r"Linux version|Decompressing Linux|Booting the kernel|"
                            r"Loading Linux|early console|Probing EDD")
-KERNEL_OK = re.compile(r"INIT: version|Run /sbin/init|systemd\[1\]|Welcome to|"
-                       r"Freeing unused kernel|Starting init|run-init")
+# The real init has started (the initramfs, where a missing root shows, is still "kernel").
+KERNEL_OK = re.compile(r"INIT: version|Run /sbin/init|systemd\[1\]|Welcome to|Starting init")
 FAILURES = [
     (re.compile(r"Kernel panic[^\n]*"), "kernel panic"),
     (re.compile(r"VFS: Unable to mount root[^\n]*"), "cannot mount the root filesystem"),
@@ -44,6 +44,7 @@ FAILURES = [
     (re.compile(r"Give root password for maintenance|Dropping to a shell|\(initramfs\) "),
      "boot stopped in a maintenance shell"),
     (re.compile(r"Could not find (?:kernel|ramdisk) image[^\n]*|error: file [^\n]*not found"
+                r"|Loading \S+\.\.\.failed[^\n]*"
                 r"|error: no such partition[^\n]*|Boot failed[^\n]*|No bootable device[^\n]*"
                 r"|Missing operating system|Invalid partition table"), "bootloader error"),
 ]

@@ -46,5 +46,6 @@ def test_fresh_checkout_setup_and_demo(tmp_path: Path) -> None:
                           env={**env, "P2VIMAGE_DEMO_DIR": str(tmp_path / "demo")},
                           check=False)
     assert demo.returncode == 0, demo.stderr[-2000:]
-    assert "verify: " in demo.stdout and "identical" in demo.stdout
+    assert "verdict: pass" in demo.stdout and "probe http 80/" in demo.stdout
     assert (tmp_path / "demo/bullseye-i386.raw").is_file()
+    assert (tmp_path / "demo/work/smoke/junit.xml").is_file()

@@ -53,6 +53,8 @@ def test_dhcp_nic_and_default() -> None:
     ("ALERT!  UUID=dead does not exist.  Dropping to a shell!", "root device not found"),
     ("Give root password for maintenance", "boot stopped in a maintenance shell"),
     ("Could not find ramdisk image: /boot/initrd.img-5.10", "bootloader error"),
+    ("Loading /boot/initrd.img-5.10.0-32-686...failed: No such file or directory",
+     "bootloader error"),
     ("error: file '/boot/vmlinuz-6.1' not found.", "bootloader error"),
     ("Boot failed: not a bootable disk", "bootloader error"),
 ])
