@@ -65,15 +65,28 @@ def _stamp_path(opts: RunOptions, stage: str) -> Path:
 
 
 def _stamp(opts: RunOptions, stage: str, options: dict[str, Any]) -> dict[str, Any] | None:
-    """The stage's stamp when it shows the stage done with these options on this image."""
+    """The stage's stamp when it was done with these options."""
     try:
         stamp: dict[str, Any] = json.loads(_stamp_path(opts, stage).read_text())
     except (FileNotFoundError, ValueError):
         return None
-    if stamp.get("options") == _digest(options) and stamp.get("image") == _image_state(
-            opts.image):
-        return stamp
-    return None
+    return stamp if stamp.get("options") == _digest(options) else None
+
+
+def _done(opts: RunOptions, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The stages that need not run again: the longest chain of stamps from ``build`` up to
+    the last one that left the image exactly as it is now (a later stage that changed the
+    image, or a crash half-way through one, makes the stages after it run again)."""
+    chain: list[tuple[str, dict[str, Any]]] = []
+    for name in STAGES:
+        stamp = _stamp(opts, name, options[name])
+        if stamp is None:
+            break
+        chain.append((name, stamp))
+    now = _image_state(opts.image)
+    last = max((i for i, (_, stamp) in enumerate(chain) if stamp.get("image") == now),
+               default=-1)
+    return dict(chain[:last + 1])
 
 
 def _write_stamp(opts: RunOptions, stage: str, options: dict[str, Any],
@@ -109,9 +122,10 @@ def run(opts: RunOptions) -> dict[str, Any]:
     results: dict[str, Any] = {"image": os.fspath(opts.image), "workdir": os.fspath(opts.work),
                                "stages": {}}
     started = time.monotonic()
+    done = _done(opts, {name: stages[name][0] for name in STAGES}) if opts.resume else {}
     for name in chosen:
         options, action = stages[name]
-        stamp = _stamp(opts, name, options) if opts.resume else None
+        stamp = done.get(name)
         if stamp is not None:
             log.info("‣ %s: done before (stamp %s), skipped", name, _stamp_path(opts, name))
             results["stages"][name] = {**stamp["report"], "skipped": True}
