@@ -43,11 +43,6 @@ def read_text(view: FileView, path: str) -> str | None:
     return None if data is None else data.decode("utf-8", "replace")
 
 
-def exists(view: FileView, path: str) -> bool:
-    """Anything at ``path``: file, directory or symlink."""
-    return view.is_file(path) or view.is_dir(path) or view.readlink(path) is not None
-
-
 class LocalFiles:
     """A FileView over a local root tree (never following symlinks out of it)."""
 

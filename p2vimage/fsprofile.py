@@ -44,11 +44,6 @@ class FsProfile:
                 "-I", str(self.inode_size)]
 
     @property
-    def time_bits(self) -> int:
-        """Bits of seconds the inodes keep: 32 (signed, 1901-2038) or 34 with large inodes."""
-        return 34 if self.inode_size > 128 else 32
-
-    @property
     def keeps_nanoseconds(self) -> bool:
         """Whether inode timestamps keep nanoseconds (only in large inodes)."""
         return self.inode_size > 128

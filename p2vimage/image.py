@@ -17,7 +17,7 @@ from pathlib import Path
 
 from p2vimage import e2fs, fsprofile, guestfacts, mbr
 from p2vimage import run as runmod
-from p2vimage.errors import InputError, P2VError, PreconditionError, StageError
+from p2vimage.errors import InputError, PreconditionError, StageError
 from p2vimage.log import log, progress, step
 from p2vimage.output import atomic_output, check_output
 
@@ -264,5 +264,3 @@ def build(opts: BuildOptions) -> dict[str, object]:
         "seconds": round(time.monotonic() - started, 2),
     }
 
-
-__all__ = ["BuildOptions", "P2VError", "build", "scan_tree"]
