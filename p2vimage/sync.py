@@ -183,8 +183,10 @@ def rsync_argv(opts: SyncOptions, facts: dict[str, Any], excludes: list[str]) ->
     """The rsync command for one pass."""
     version = facts.get("rsync_version") or [0, 0, 0]
     full = version >= [3, 0, 0]  # ACL and xattr support both ends
+    # --modify-window=-1: compare nanoseconds. A file or directory changed within the same
+    # second as the previous pass would otherwise look unchanged (seen in a test).
     argv = ["rsync", "-aHS", "--numeric-ids", "--delete", "--delete-excluded",
-            f"--timeout={opts.timeout}", "--stats", "--info=progress2"]
+            "--modify-window=-1", f"--timeout={opts.timeout}", "--stats", "--info=progress2"]
     if full:
         argv += ["-AX"]
     if opts.bwlimit:

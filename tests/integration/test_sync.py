@@ -93,6 +93,11 @@ def change_source(root: Path) -> None:
     subprocess.run(["setfattr", "-n", "user.comment", "-v", "changed", str(hard / "xattr/file")],
                    check=True)
     (hard / "modes/setuid").chmod(0o755)
+    # same size, same second, other bytes: only a nanosecond comparison sees the change
+    orphan = hard / "owners/orphan"
+    st = os.stat(orphan)
+    orphan.write_bytes(orphan.read_bytes().upper())
+    os.utime(orphan, ns=(st.st_atime_ns, st.st_mtime_ns + 500))
     shutil.rmtree(hard / "symlinks")
     (hard / "symlinks").write_text("a directory replaced by a file\n")
 

@@ -64,7 +64,8 @@ def test_rsync_argv_over_ssh() -> None:
                        identity=Path("/keys/id"), ssh_options=("ProxyJump=gw",),
                        bwlimit="10m")
     argv = rsync_argv(opts, {"rsync_version": [3, 0, 3]}, ["/proc/*"])
-    assert argv[:5] == ["rsync", "-aHS", "--numeric-ids", "--delete", "--delete-excluded"]
+    assert argv[:6] == ["rsync", "-aHS", "--numeric-ids", "--delete", "--delete-excluded",
+                        "--modify-window=-1"]
     assert "-AX" in argv and "--bwlimit=10m" in argv
     assert [a for a in argv if a.startswith("--exclude=")] == [
         "--exclude=/proc/*", "--exclude=/sys/*", "--exclude=/dev/pts/*", "--exclude=/run/*",
