@@ -18,7 +18,7 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,14 +151,11 @@ def _inspect(guest: Guest, opts: ConvertOptions) -> GuestInfo:
     guest.mount_root(root)
     facts = guest.inspect(root)
 
-    def listing(path: str) -> str:
-        with guest.downloaded(path) as local:
-            return guestinfo.list_initrd(local)
-
     sector0 = guest.sector0()
     parts = mbr.partitions(sector0)
     info = guestinfo.gather(guest, facts, guest.uuid(root), guest.fstype(root),
-                            sector0[:440], bool(parts) and parts[0].bootable, listing)
+                            sector0[:440], bool(parts) and parts[0].bootable,
+                            _guest_listing(guest))
     if not info.kernels:
         raise InputError(f"no kernel in /boot of {opts.image}",
                          hint="install a kernel in the guest (sync /boot too)")
@@ -251,26 +248,36 @@ def _chroot_possible(info: GuestInfo) -> bool:
             and runmod.which("losetup") is not None)
 
 
-def _rebuild_in_chroot(image: Path, action: Action) -> None:
+def _still_missing(info: GuestInfo, versions: list[str],
+                   listing: Callable[[str], str]) -> list[str]:
+    """After a rebuild, list the initrds again: the virtio modules they still lack."""
+    still: list[str] = []
+    for kernel in info.kernels:
+        if kernel.version in versions and kernel.initrd:
+            have = guestinfo.initrd_modules(listing(kernel.initrd))
+            still += [f"{kernel.initrd}: {m}" for m in info.missing_modules[kernel.version]
+                      if m not in have]
+    return still
+
+
+def _rebuild_in_chroot(image: Path, info: GuestInfo, action: Action) -> list[str]:
+    """Rebuild in a host chroot of the image, then re-list (one mount for both)."""
     tool, *versions = action.args
     with chroot_of(image) as root:
         for version in versions:
             runmod.run(["chroot", str(root), *_rebuild_argv(tool, version)], timeout=1800,
                        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
                        what=f"{tool} in a chroot of {image}")
+        return _still_missing(info, versions,
+                              lambda p: guestinfo.list_initrd(root / p.lstrip("/")))
 
 
-def _verify_rebuild(image: Path, info: GuestInfo, versions: list[str]) -> list[str]:
-    """Re-list the rebuilt initrds on the host (chroot method): what is still missing."""
-    still: list[str] = []
-    with chroot_of(image) as root:
-        for kernel in info.kernels:
-            if kernel.version in versions and kernel.initrd:
-                listing = guestinfo.list_initrd(root / kernel.initrd.lstrip("/"))
-                have = guestinfo.initrd_modules(listing)
-                still += [f"{kernel.initrd}: {m}" for m in info.missing_modules[kernel.version]
-                          if m not in have]
-    return still
+def _guest_listing(guest: Guest) -> Callable[[str], str]:
+    def listing(path: str) -> str:
+        with guest.downloaded(path) as local:
+            return guestinfo.list_initrd(local)
+
+    return listing
 
 
 def convert(opts: ConvertOptions) -> dict[str, Any]:
@@ -283,6 +290,7 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
     timings: dict[str, float] = {}
     launches_before = launches()
     deferred: Action | None = None
+    missing: list[str] = []
     with step(f"Opening {opts.image} in libguestfs ({chosen.describe()})"), \
             Guest(opts.image, chosen, readonly=opts.dry_run) as guest:
         timings["launch"] = round(time.monotonic() - started, 2)
@@ -307,6 +315,8 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
                     t0 = time.monotonic()
                     _run_action(guest, action, target)
                     timings[action.name] = round(time.monotonic() - t0, 2)
+                if action.name == "initramfs-rebuild":
+                    missing = _still_missing(info, list(action.args[1:]), _guest_listing(guest))
     initramfs_report: dict[str, Any] | None = None
     for action in actions:
         if action.name == "initramfs-rebuild" and not opts.dry_run:
@@ -314,12 +324,11 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
             if deferred:
                 with step(f"{action.detail} in a host chroot"):
                     t0 = time.monotonic()
-                    _rebuild_in_chroot(opts.image, action)
+                    missing = _rebuild_in_chroot(opts.image, info, action)
                     timings["initramfs-rebuild"] = round(time.monotonic() - t0, 2)
-                missing = _verify_rebuild(opts.image, info, list(action.args[1:]))
-                if missing:
-                    raise StageError(f"the rebuilt initrd still lacks {', '.join(missing)}",
-                                     hint="check the guest's initramfs configuration")
+            if missing:
+                raise StageError(f"the rebuilt initrd still lacks {', '.join(missing)}",
+                                 hint="check the guest's initramfs configuration")
             initramfs_report = {"method": method, "seconds": timings["initramfs-rebuild"],
                                 "kernels": list(action.args[1:])}
     timings["total"] = round(time.monotonic() - started, 2)

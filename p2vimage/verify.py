@@ -208,8 +208,6 @@ def _show(value: object) -> str:
         return "{" + ", ".join(f"{os.fsdecode(k)}={v.hex()}" for k, v in value) + "}"
     if isinstance(value, tuple) and all(isinstance(v, bytes) for v in value):
         return "[" + ", ".join(repr(os.fsdecode(v)) for v in value) + "]"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
     return str(value)
 
 
