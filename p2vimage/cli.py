@@ -264,6 +264,13 @@ def verify_cmd(settings: Settings, source: Path, image_path: Path, strict: bool,
         sys.exit(1)
 
 
+# Verb families that live in their own modules register themselves on the group.
+from p2vimage import cli_cloud, cli_cutover  # noqa: E402
+
+cli_cloud.register(cli)
+cli_cutover.register(cli)
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
 
