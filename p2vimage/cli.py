@@ -14,6 +14,7 @@ import click
 
 from p2vimage import __version__, convert, doctor, image, pipeline, smoke, sync, verify
 from p2vimage import log as logmod
+from p2vimage import refresh as refreshmod
 from p2vimage.errors import Interrupted, P2VError
 from p2vimage.units import human, parse_size
 
@@ -84,10 +85,24 @@ def doctor_cmd(settings: Settings, refresh: bool) -> None:
 @click.option("--fs-features", help="Comma list of mke2fs features to add (name) or drop "
               "(^name) on top of the choice.")
 @click.option("--force", is_flag=True, help="Replace an existing output.")
+@click.option("--refresh", is_flag=True, help="Update the existing image in place from SOURCE "
+              "(after another sync pass) and convert again only if the fixups' inputs changed.")
+@click.option("--refresh-method", type=click.Choice(refreshmod.METHODS), default="auto",
+              show_default=True, help="loop: rsync into the loop-mounted image (root, moves "
+              "only the delta); rebuild: mke2fs -d again, same UUID, then convert again.")
 @click.pass_obj
 def build_cmd(settings: Settings, source: Path, output: Path, size: int | None,
-              fstype: str | None, fs_features: str | None, force: bool) -> None:
+              fstype: str | None, fs_features: str | None, force: bool, refresh: bool,
+              refresh_method: str) -> None:
     """Make a raw disk image (msdos label, one bootable partition) from SOURCE tree."""
+    if refresh:
+        if size or fstype or fs_features or force:
+            raise click.UsageError("--refresh keeps the image's size and filesystem: drop "
+                                   "--size, --fs, --fs-features and --force")
+        result = refreshmod.refresh(refreshmod.RefreshOptions(source=source, image=output,
+                                                              method=refresh_method))
+        _emit(settings, result, refreshmod.lines(result))
+        return
     opts = image.BuildOptions(source=source, output=output, size=size, fstype=fstype,
                               fs_features=fs_features, force=force)
     report = image.build(opts)

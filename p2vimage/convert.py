@@ -8,7 +8,6 @@ against 510 s inside the TCG appliance), otherwise in the appliance.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -16,14 +15,13 @@ import os
 import platform
 import re
 import stat
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from p2vimage import accel as accelmod
-from p2vimage import guestinfo, mbr
+from p2vimage import guestinfo, imagestate, loopmount, mbr
 from p2vimage import run as runmod
 from p2vimage.errors import InputError, PreconditionError, StageError
 from p2vimage.fixups import (
@@ -214,38 +212,8 @@ def _run_action(guest: Guest, action: Action, target: Target) -> None:
         raise StageError(f"unknown action {action.name}", hint="this is a bug")
 
 
-@contextlib.contextmanager
-def chroot_of(image: Path) -> Iterator[Path]:
-    """The image's first partition loop-mounted with /dev, /proc and /sys (root only)."""
-    parts = mbr.partitions(_head(image))
-    offset = parts[0].start * mbr.SECTOR if parts else 0
-    loop = runmod.run(["losetup", "--find", "--show", "-o", str(offset), str(image)],
-                      what="losetup").stdout.strip()
-    with tempfile.TemporaryDirectory(prefix="p2vimage-chroot-") as tmp:
-        mnt = Path(tmp)
-        mounted: list[Path] = []
-        try:
-            runmod.run(["mount", loop, str(mnt)], what="mount")
-            mounted.append(mnt)
-            for fs, opts in (("dev", ["--bind", "/dev"]), ("proc", ["-t", "proc", "proc"]),
-                             ("sys", ["-t", "sysfs", "sysfs"])):
-                runmod.run(["mount", *opts, str(mnt / fs)], what="mount")
-                mounted.append(mnt / fs)
-            yield mnt
-        finally:
-            for path in reversed(mounted):
-                runmod.run(["umount", str(path)], check=False)
-            runmod.run(["losetup", "-d", loop], check=False)
-
-
-def _head(image: Path) -> bytes:
-    with open(image, "rb") as f:
-        return f.read(512)
-
-
 def _chroot_possible(info: GuestInfo) -> bool:
-    return (os.geteuid() == 0 and platform.machine() == "x86_64" and info.arch in X86
-            and runmod.which("losetup") is not None)
+    return loopmount.possible() and platform.machine() == "x86_64" and info.arch in X86
 
 
 def _still_missing(info: GuestInfo, versions: list[str],
@@ -263,7 +231,7 @@ def _still_missing(info: GuestInfo, versions: list[str],
 def _rebuild_in_chroot(image: Path, info: GuestInfo, action: Action) -> list[str]:
     """Rebuild in a host chroot of the image, then re-list (one mount for both)."""
     tool, *versions = action.args
-    with chroot_of(image) as root:
+    with loopmount.mounted(image, pseudo=True) as root:
         for version in versions:
             runmod.run(["chroot", str(root), *_rebuild_argv(tool, version)], timeout=1800,
                        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
@@ -332,6 +300,11 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
             initramfs_report = {"method": method, "seconds": timings["initramfs-rebuild"],
                                 "kernels": list(action.args[1:])}
     timings["total"] = round(time.monotonic() - started, 2)
+    if not opts.dry_run:  # what build --refresh re-runs when the fixups' inputs change
+        imagestate.update(opts.image, convert={
+            "bootloader": opts.bootloader, "root_device": opts.root_device,
+            "swap_file_mib": opts.swap_file_mib, "disable_hardware": opts.disable_hardware,
+            "initramfs_method": opts.initramfs_method})
     return report(opts, info, target, results, timings, launches() - launches_before,
                   chosen, initramfs_report)
 

@@ -325,3 +325,13 @@ class E2fsFiles:
     def size(self, path: str) -> int | None:
         data = self.read_bytes(path)
         return None if data is None else len(data)
+
+
+def superblock_ids(image: Path, offset: int) -> tuple[str, str]:
+    """(UUID, label) of the filesystem at ``offset``, read from its superblock."""
+    with open(image, "rb") as f:
+        f.seek(offset + 1024)
+        sb = f.read(1024)
+    raw = sb[0x68:0x78].hex()
+    uuid = f"{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+    return uuid, sb[0x78:0x88].split(b"\0", 1)[0].decode("utf-8", "replace")

@@ -15,7 +15,7 @@ import stat
 import time
 from pathlib import Path
 
-from p2vimage import e2fs, fsprofile, guestfacts, mbr
+from p2vimage import e2fs, fsprofile, guestfacts, imagestate, mbr
 from p2vimage import run as runmod
 from p2vimage.errors import InputError, PreconditionError, StageError
 from p2vimage.log import log, progress, step
@@ -39,6 +39,7 @@ class BuildOptions:
     force: bool = False
     label: str = "root"
     headroom: float = 0.25
+    uuid: str | None = None  # keep a filesystem UUID (refresh by rebuilding)
 
 
 @dataclasses.dataclass
@@ -136,6 +137,7 @@ def _populate(opts: BuildOptions, profile: fsprofile.FsProfile, scan: TreeScan,
     fs_bytes = size - PART_OFFSET
     argv = ["mke2fs", "-F", "-q", "-b", str(BLOCK), "-i", "16384",
             *_fs_args(profile, scan, fs_bytes), "-L", opts.label,
+            *(["-U", opts.uuid] if opts.uuid else []),
             "-E", f"offset={PART_OFFSET}", "-d", os.fspath(opts.source),
             os.fspath(partial), f"{fs_bytes // 1024}k"]
     proc = runmod.popen(argv)
@@ -240,6 +242,7 @@ def build(opts: BuildOptions) -> dict[str, object]:
     log.info("filesystem: %s, %d-byte inodes, features %s", profile.fstype,
              profile.inode_size, ",".join(profile.features))
     with atomic_output(opts.output, opts.force) as partial:
+        imagestate.state_path(opts.output).unlink(missing_ok=True)  # describes the old image
         os.truncate(partial, size)
         with step(f"Populating {size // MiB} MiB image ({scan.data_bytes // MiB} MiB data)"):
             _populate(opts, profile, scan, partial, size)
@@ -252,10 +255,16 @@ def build(opts: BuildOptions) -> dict[str, object]:
             os.close(fd)
     for warning in warnings:
         log.warning("warning: %s", warning)
+    uuid, _ = e2fs.superblock_ids(opts.output, PART_OFFSET)
+    imagestate.save(opts.output, {
+        "source": os.fspath(opts.source.resolve()), "uuid": uuid, "label": opts.label,
+        "filesystem": profile.fstype, "inode_size": profile.inode_size,
+        "keeps_nanoseconds": profile.keeps_nanoseconds, "size_bytes": size,
+        "inputs": imagestate.input_digest(opts.source), "built": time.time(), "dirty": False})
     return {
         "image": os.fspath(opts.output), "source": os.fspath(opts.source),
         "size_bytes": size, "partition_offset": PART_OFFSET, "data_bytes": scan.data_bytes,
-        "inodes": scan.inodes, "filesystem": profile.fstype,
+        "inodes": scan.inodes, "filesystem": profile.fstype, "uuid": uuid,
         "features": list(profile.features), "inode_size": profile.inode_size,
         "reasons": list(profile.reasons), "warnings": warnings,
         "guest": {"distro": facts.distro, "kernels": list(facts.kernels),

@@ -211,10 +211,16 @@ def _show(value: object) -> str:
     return str(value)
 
 
-def _stored_time(mtime: tuple[int, int], inode_size: int) -> tuple[int, int]:
-    """What an inode of ``inode_size`` keeps of a time (seconds wrap, ns need large inodes)."""
+def _stored_time(mtime: tuple[int, int], inode_size: int,
+                 got: tuple[int, int]) -> tuple[int, int]:
+    """What an inode of ``inode_size`` keeps of a time: ns need large inodes; seconds out of
+    range wrap when written by debugfs (build) and are clamped when written through the kernel
+    (refresh); ``got``, the image's time, is either."""
     seconds, nanos = mtime
     if inode_size <= 128:
+        clamped = min(max(seconds, -(2**31)), 2**31 - 1)
+        if (clamped, 0) == got:
+            return got
         return ((seconds + 2**31) % 2**32) - 2**31, 0
     return seconds, nanos
 
@@ -237,7 +243,7 @@ def compare(source: dict[bytes, Entry], image: dict[bytes, Entry], inode_size: i
         if src.kind != img.kind:
             diffs.append(Difference(name, "type", src.kind, img.kind))
             continue
-        want_time = _stored_time(src.mtime, inode_size)
+        want_time = _stored_time(src.mtime, inode_size, img.mtime)
         if want_time != src.mtime and want_time == img.mtime:
             note = "nanoseconds" if want_time[0] == src.mtime[0] else "range"
             limited.append(Difference(name, "mtime", _show(src.mtime), _show(img.mtime), note))

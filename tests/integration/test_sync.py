@@ -102,18 +102,21 @@ def change_source(root: Path) -> None:
     (hard / "symlinks").write_text("a directory replaced by a file\n")
 
 
-def test_two_passes_then_build_and_verify(sshd: Sshd, hard_tree: Path, tmp_path: Path,
-                                          copy_tree: Callable[..., Path]) -> None:
+@pytest.mark.parametrize("method", ["loop", "rebuild"])
+def test_two_passes_then_refresh_and_verify(sshd: Sshd, hard_tree: Path, tmp_path: Path,
+                                            copy_tree: Callable[..., Path], method: str) -> None:
     source = copy_tree(hard_tree, "source")
     staging = tmp_path / "staging"
     work = tmp_path / "work"
+    img = tmp_path / "a.img"
     first = p2v("--json", "--workdir", work, "sync", sshd.url(source), staging, *sshd.args())
     assert first.returncode == 0, first.stderr[-2000:]
     one = json.loads(first.stdout)
     assert one["stats"]["files_transferred"] > 15 and one["unreadable"] == []
-    assert p2v("build", staging, "-o", tmp_path / "a.img").returncode == 0
-    result = json.loads(p2v("--json", "verify", "--strict", source, tmp_path / "a.img").stdout)
+    assert p2v("build", staging, "-o", img).returncode == 0
+    result = json.loads(p2v("--json", "verify", "--strict", source, img).stdout)
     assert result["differences"] == []
+    uuid = json.loads(img.with_name("a.img.state.json").read_text())["uuid"]
     change_source(source)
     final = p2v("--json", "--workdir", work, "sync", sshd.url(source), staging, "--final",
                 *sshd.args())
@@ -121,9 +124,19 @@ def test_two_passes_then_build_and_verify(sshd: Sshd, hard_tree: Path, tmp_path:
     two = json.loads(final.stdout)
     assert two["final"] is True
     assert 0 < two["stats"]["files_transferred"] < 10  # only the delta moves
-    assert p2v("build", staging, "-o", tmp_path / "b.img").returncode == 0
-    result = json.loads(p2v("--json", "verify", "--strict", source, tmp_path / "b.img").stdout)
+    before = json.loads(p2v("--json", "verify", source, img).stdout)
+    assert len(before["differences"]) >= 8  # the image is out of date before the refresh
+    refreshed = p2v("--json", "build", staging, "-o", img, "--refresh",
+                    "--refresh-method", method)
+    assert refreshed.returncode == 0, refreshed.stderr[-2000:]
+    report = json.loads(refreshed.stdout)
+    assert report["method"] == method and report["converted_again"] is False
+    if method == "loop":  # only the delta was written
+        assert 0 < report["stats"]["files_transferred"] < 10
+    result = json.loads(p2v("--json", "verify", "--strict", source, img).stdout)
     assert result["differences"] == []
+    state = json.loads(img.with_name("a.img.state.json").read_text())
+    assert state["uuid"] == uuid and state["dirty"] is False
     passes = json.loads((work / "passes.json").read_text())
     assert [p["final"] for p in passes] == [False, True]
     assert json.loads((work / "source.json").read_text())["rsync_version"][0] >= 3
