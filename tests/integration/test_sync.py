@@ -8,8 +8,11 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,3 +179,94 @@ def test_remote_without_rsync(hard_tree: Path, tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def _world_readable_dir(tmp_path: Path) -> Path:
+    """A directory the unprivileged remote user can reach (pytest's tmp dirs are 0700)."""
+    top = Path(tempfile.mkdtemp(prefix="p2vimage-src-", dir="/var/tmp"))
+    top.chmod(0o755)
+    return top
+
+
+def test_unreadable_remote_files_are_listed_not_lost(hard_tree: Path, tmp_path: Path) -> None:
+    # The remote side runs as nobody: root-only files there cannot be read.
+    top = _world_readable_dir(tmp_path)
+    try:
+        source = top / "root"
+        subprocess.run(["cp", "-a", str(hard_tree), str(source)], check=True)
+        source.chmod(0o755)
+        secret = source / "etc/shadow-like"
+        secret.write_text("root only\n")
+        secret.chmod(0o600)
+        private = source / "root-only-dir"
+        private.mkdir(mode=0o700)
+        (private / "inside").write_text("x\n")
+        proc, server = start_sshd(tmp_path / "sshd", extra=(
+            "ForceCommand setpriv --reuid=65534 --regid=65534 --clear-groups "
+            "sh -c \"$SSH_ORIGINAL_COMMAND\"\n"))
+        try:
+            staging = tmp_path / "staging"
+            result = p2v("--workdir", tmp_path / "work", "sync", server.url(source), staging,
+                         *server.args())
+        finally:
+            proc.kill()
+            proc.wait()
+        assert_one_line_error(result, 1, "could not be read", "shadow-like")
+        passes = json.loads((tmp_path / "work/passes.json").read_text())
+        listed = passes[-1]["unreadable"]
+        assert any("shadow-like" in p for p in listed)
+        assert any("root-only-dir" in p for p in listed)
+        # everything readable arrived
+        assert (staging / "etc/fstab").read_text() == (source / "etc/fstab").read_text()
+        assert (staging / "srv/ns-mtime").exists()
+    finally:
+        shutil.rmtree(top)
+
+
+def _session_pids(sshd_pid: int) -> list[int]:
+    """The per-connection sshd processes forked by the listener."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == sshd_pid:
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+def test_connection_cut_mid_sync_then_rerun_completes(hard_tree: Path, tmp_path: Path,
+                                                      copy_tree: Callable[..., Path]) -> None:
+    source = copy_tree(hard_tree, "source")
+    with open(source / "srv/big.bin", "wb") as f:
+        f.write(os.urandom(24 << 20))
+    staging = tmp_path / "staging"
+    proc, server = start_sshd(tmp_path / "sshd")
+    try:
+        argv = [sys.executable, "-m", "p2vimage", "sync", server.url(source), str(staging),
+                "--bwlimit", "2m", *map(str, server.args())]
+        runner = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        deadline = time.monotonic() + 60
+        while not list(staging.glob("srv/.big.bin.*")):  # the transfer is under way
+            assert runner.poll() is None and time.monotonic() < deadline, runner.stderr
+            time.sleep(0.1)
+        for pid in _session_pids(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        out, err = runner.communicate(timeout=120)
+        assert_one_line_error(subprocess.CompletedProcess(argv, runner.returncode, out, err),
+                              1, "connection", "lost", "127.0.0.1")
+    finally:
+        proc.kill()
+        proc.wait()
+    proc, server = start_sshd(tmp_path / "sshd2")
+    try:
+        again = p2v("sync", server.url(source), staging, *server.args())
+        assert again.returncode == 0, again.stderr[-2000:]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert p2v("build", staging, "-o", tmp_path / "a.img").returncode == 0
+    result = json.loads(p2v("--json", "verify", "--strict", source, tmp_path / "a.img").stdout)
+    assert result["differences"] == []  # no partial file, nothing missing
