@@ -50,6 +50,10 @@ class FileVolumeDriver(fake_driver.FakeLoggingVolumeDriver):  # type: ignore[mis
         image_utils.fetch_to_raw(context, image_service, image_id, self.local_path(volume),
                                  self.configuration.volume_dd_blocksize,
                                  size=volume["size"], disable_sparse=disable_sparse)
+        # qemu-img wrote a file as long as the image: give it the volume's size again
+        path = self.local_path(volume)
+        if os.path.getsize(path) < int(volume["size"]) << 30:
+            os.truncate(path, int(volume["size"]) << 30)
 
     def copy_volume_to_image(self, context: Any, volume: Any, image_service: Any,
                              image_meta: Any) -> None:
