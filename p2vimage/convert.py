@@ -153,7 +153,7 @@ def _inspect(guest: Guest, opts: ConvertOptions) -> GuestInfo:
     parts = mbr.partitions(sector0)
     info = guestinfo.gather(guest, facts, guest.uuid(root), guest.fstype(root),
                             sector0[:440], bool(parts) and parts[0].bootable,
-                            _guest_listing(guest))
+                            _guest_listing(guest), guest.boot_sector(root))
     if not info.kernels:
         raise InputError(f"no kernel in /boot of {opts.image}",
                          hint="install a kernel in the guest (sync /boot too)")

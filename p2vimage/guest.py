@@ -113,6 +113,10 @@ class Guest:
         """The filesystem type of ``device``."""
         return str(self.g.vfs_type(device))
 
+    def boot_sector(self, device: str) -> bytes:
+        """The first sector of ``device`` (a partition's boot record)."""
+        return bytes(self.g.pread_device(device, 512, 0))
+
     def sector0(self) -> bytes:
         """The disk's first sector: boot code and partition table."""
         return bytes(self.g.pread_device("/dev/sda", 512, 0))

@@ -93,7 +93,8 @@ def missing_virtio(view: FileView, kernel: Kernel,
 
 
 def gather(view: FileView, facts: dict[str, str], root_uuid: str, fstype: str,
-           mbr_code: bytes, bootable: bool, listing: Callable[[str], str]) -> GuestInfo:
+           mbr_code: bytes, bootable: bool, listing: Callable[[str], str],
+           root_boot_sector: bytes = b"") -> GuestInfo:
     """All facts ``convert`` plans from. ``listing`` lists a guest initrd's files."""
     found = kernels(view)
     return GuestInfo(
@@ -103,4 +104,5 @@ def gather(view: FileView, facts: dict[str, str], root_uuid: str, fstype: str,
         bootloader=guestfacts.inspect_files(view).bootloader,
         nics=tuple(network.nic_names(view)), predictable_names=predictable_names(view),
         root_uuid=root_uuid, fstype=fstype, mbr_code=mbr_code, bootable=bootable,
+        root_boot_sector=root_boot_sector,
         missing_modules={k.version: missing_virtio(view, k, listing) for k in found})

@@ -308,7 +308,7 @@ def _addresses(nics: list[Nic]) -> dict[str, Nic]:
     return {nic.address(): nic for nic in nics}
 
 
-def _ssh_setup(opts: SmokeOptions, chosen: accelmod.Accel, overlay: Path, tmp: Path,
+def ssh_access(opts: SmokeOptions, chosen: accelmod.Accel, overlay: Path, tmp: Path,
                view: E2fsFiles, ports: list[int]) -> list[str]:
     """A throwaway key authorised for root in the overlay only; the guest's own host keys
     pinned in a known_hosts file (host keys are verified, as always)."""
@@ -371,7 +371,7 @@ def smoke(opts: SmokeOptions) -> dict[str, Any]:
                     str(overlay)], what="qemu-img create")
         ssh = None
         if any(p.kind == "ssh" for p in probes):
-            ssh = _ssh_setup(opts, chosen, overlay, tmp, view,
+            ssh = ssh_access(opts, chosen, overlay, tmp, view,
                              [port for p, port in targets if p.kind == "ssh"])
         argv = qemu_argv(opts, chosen, overlay, console_log, firmware_log, nics)
         log.info("smoke: %s, NICs %s", chosen.describe(),

@@ -34,6 +34,7 @@ class GuestInfo:
     fstype: str
     mbr_code: bytes = b""  # the first 440 bytes of the disk
     bootable: bool = False  # partition 1 has the boot flag
+    root_boot_sector: bytes = b""  # the root filesystem's first sector (extlinux's VBR)
     missing_modules: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
 

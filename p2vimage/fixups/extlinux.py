@@ -46,7 +46,10 @@ def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
     if target.bootloader != "extlinux":
         return result
     result.write(view, CONF, config(info, target))
-    if not (view.is_file(f"{DIR}/ldlinux.sys") and view.is_file(f"{DIR}/ldlinux.c32")):
+    # ldlinux.sys copied from another filesystem (a synced, already converted host) is not
+    # installed: its boot record is missing and its sector map points elsewhere.
+    if not (view.is_file(f"{DIR}/ldlinux.sys") and view.is_file(f"{DIR}/ldlinux.c32")
+            and b"SYSLINUX" in info.root_boot_sector):
         result.actions.append(Action("extlinux-install", f"install extlinux into {DIR}", (DIR,)))
     if info.mbr_code != target.mbr_bin[:440].ljust(440, b"\0"):
         result.actions.append(Action("mbr", "write syslinux mbr.bin to the MBR"))

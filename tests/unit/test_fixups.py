@@ -127,12 +127,17 @@ def test_extlinux_config_and_actions() -> None:
         "  APPEND initrd=/boot/initrd.img-2.6.26-2-vserver-686-bigmem root=UUID=abc ro "
         "console=tty0 console=ttyS0,115200\n")
     assert [a.name for a in result.actions] == ["extlinux-install", "mbr", "bootflag"]
-    done = dataclasses.replace(info, mbr_code=b"\xfa" * 440, bootable=True)
+    done = dataclasses.replace(info, mbr_code=b"\xfa" * 440, bootable=True,
+                               root_boot_sector=b"\xeb\x58\x90SYSLINUX" + bytes(500))
     conf = new_text(result.edits, "/boot/extlinux/extlinux.conf")
     installed = lenny(**{"/boot/extlinux/extlinux.conf": conf,
                          "/boot/extlinux/ldlinux.sys": b"x", "/boot/extlinux/ldlinux.c32": b"x"})
     again = extlinux.plan(installed, done, target)
     assert again.edits == [] and again.actions == []
+    # the files without an installed boot record (copied from a converted host): install
+    copied = extlinux.plan(installed, dataclasses.replace(done, root_boot_sector=bytes(512)),
+                           target)
+    assert [a.name for a in copied.actions] == ["extlinux-install"]
 
 
 def test_grub2_defaults() -> None:
