@@ -77,8 +77,8 @@ def _do(spec: Spec, transports: Transports, journal: jmod.Journal, step: Step) -
     for cmd in (*step.do, *step.check):
         result = execute(spec, transports, cmd, _timeout(step, cmd))
         if not result.ok:
-            kind = "check" if cmd in step.check and cmd not in step.do else "step"
-            raise StepFailed(f"{kind} {step.name}: {_describe(spec, cmd, result)}")
+            kind = " (check)" if cmd in step.check and cmd not in step.do else ""
+            raise StepFailed(f"step {step.name}{kind}: {_describe(spec, cmd, result)}")
     journal.write("do-done", step=step.name, seconds=round(time.monotonic() - started, 3),
                   ends_downtime=step.ends_downtime)
 

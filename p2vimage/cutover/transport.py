@@ -85,7 +85,8 @@ class SshHost:
             opts.append(f"UserKnownHostsFile={self.ssh.known_hosts}")
         if self.address != self.ssh.host:  # known_hosts names it [host]:port off port 22
             port = self.ssh.port or 22
-            opts.append(f"HostKeyAlias={self.ssh.host if port == 22 else f'[{self.ssh.host}]:{port}'}")
+            alias = self.ssh.host if port == 22 else f"[{self.ssh.host}]:{port}"
+            opts.append(f"HostKeyAlias={alias}")
         # a dropped connection must fail a step within seconds, not hang it
         opts += ["ConnectTimeout=5", "ServerAliveInterval=2", "ServerAliveCountMax=2"]
         if multiplex and self.control_dir is not None:

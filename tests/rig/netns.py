@@ -37,7 +37,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import REPO
-from tests.integration.test_sync import Sshd, start_sshd
+
+try:  # the sshd helper moves from test_sync.py into the rig package
+    from tests.rig.sshd import Sshd, start_sshd
+except ImportError:
+    from tests.integration.test_sync import Sshd, start_sshd  # type: ignore[no-redef]
 
 PUBLIC_IP = "192.0.2.10"
 ROUTER_IP = "192.0.2.1"
@@ -259,7 +263,7 @@ esac
     path.chmod(0o755)
 
 
-def make_rig(top: Path, arping_dir: Path | None = None) -> Rig:
+def make_rig(top: Path) -> Rig:
     """Build the rig under TOP (spec files, keys, pid files); the caller must close() it."""
     top.mkdir(parents=True, exist_ok=True)
     suffix = secrets.token_hex(3)
@@ -272,8 +276,7 @@ def make_rig(top: Path, arping_dir: Path | None = None) -> Rig:
         # HOME: this machine's root has a slow ~/.bashrc (pyenv, 0.13 s) that bash sources for
         # every ssh command; the rig's hosts get an empty home instead
         (top / "home").mkdir(exist_ok=True)
-        env = (f"SetEnv HOME={top / 'home'} PATH={str(arping_dir) + ':' if arping_dir else ''}"
-               "/usr/sbin:/usr/bin:/sbin:/bin\n")
+        env = f"SetEnv HOME={top / 'home'}\n"
         procs = []
         servers = {}
         # start_sshd listens on 127.0.0.1 (its readiness check), a wildcard would clash
