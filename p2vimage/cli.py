@@ -90,21 +90,25 @@ def doctor_cmd(settings: Settings, refresh: bool) -> None:
 @click.option("--refresh-method", type=click.Choice(refreshmod.METHODS), default="auto",
               show_default=True, help="loop: rsync into the loop-mounted image (root, moves "
               "only the delta); rebuild: mke2fs -d again, same UUID, then convert again.")
+@click.option("--full-scan", is_flag=True, help="With --refresh: compare the whole tree, not "
+              "just the paths sync recorded as changed (if SOURCE was changed by other means).")
 @click.pass_obj
 def build_cmd(settings: Settings, source: Path, output: Path, size: int | None,
               fstype: str | None, fs_features: str | None, force: bool, refresh: bool,
-              refresh_method: str) -> None:
+              refresh_method: str, full_scan: bool) -> None:
     """Make a raw disk image (msdos label, one bootable partition) from SOURCE tree."""
     if refresh:
         if size or fstype or fs_features or force:
             raise click.UsageError("--refresh keeps the image's size and filesystem: drop "
                                    "--size, --fs, --fs-features and --force")
-        result = refreshmod.refresh(refreshmod.RefreshOptions(source=source, image=output,
-                                                              method=refresh_method))
+        result = refreshmod.refresh(refreshmod.RefreshOptions(
+            source=source, image=output, method=refresh_method, workdir=settings.workdir,
+            full_scan=full_scan))
         _emit(settings, result, refreshmod.lines(result))
         return
     opts = image.BuildOptions(source=source, output=output, size=size, fstype=fstype,
-                              fs_features=fs_features, force=force)
+                              fs_features=fs_features, force=force,
+                              sync_workdir=settings.workdir)
     report = image.build(opts)
     _emit(settings, report, [
         f"image: {report['image']} ({human(int(str(report['size_bytes'])))}, "

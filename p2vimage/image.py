@@ -17,6 +17,7 @@ from pathlib import Path
 
 from p2vimage import e2fs, fsprofile, guestfacts, imagestate, mbr
 from p2vimage import run as runmod
+from p2vimage import sync as syncmod
 from p2vimage.errors import InputError, PreconditionError, StageError
 from p2vimage.log import log, progress, step
 from p2vimage.output import atomic_output, check_output
@@ -40,6 +41,7 @@ class BuildOptions:
     label: str = "root"
     headroom: float = 0.25
     uuid: str | None = None  # keep a filesystem UUID (refresh by rebuilding)
+    sync_workdir: Path | None = None  # where sync recorded its passes (for refresh)
 
 
 @dataclasses.dataclass
@@ -214,6 +216,7 @@ def build(opts: BuildOptions) -> dict[str, object]:
     check_source(opts.source)
     check_output(opts.output, opts.force)
     runmod.require_tools(TOOLS)
+    synced = len(syncmod.passes(opts.source, opts.sync_workdir))  # before the tree is read
     started = time.monotonic()
     with step(f"Scanning {opts.source}"):
         facts = guestfacts.inspect_tree(opts.source)
@@ -260,7 +263,8 @@ def build(opts: BuildOptions) -> dict[str, object]:
         "source": os.fspath(opts.source.resolve()), "uuid": uuid, "label": opts.label,
         "filesystem": profile.fstype, "inode_size": profile.inode_size,
         "keeps_nanoseconds": profile.keeps_nanoseconds, "size_bytes": size,
-        "inputs": imagestate.input_digest(opts.source), "built": time.time(), "dirty": False})
+        "inputs": imagestate.input_digest(opts.source), "built": time.time(), "dirty": False,
+        "synced_passes": synced})
     return {
         "image": os.fspath(opts.output), "source": os.fspath(opts.source),
         "size_bytes": size, "partition_offset": PART_OFFSET, "data_bytes": scan.data_bytes,

@@ -30,9 +30,9 @@ from typing import Any
 from p2vimage import convert as convertmod
 from p2vimage import e2fs, image, imagestate, loopmount
 from p2vimage import run as runmod
+from p2vimage import sync as syncmod
 from p2vimage.errors import InputError, PreconditionError, StageError
 from p2vimage.log import step
-from p2vimage.sync import parse_stats
 from p2vimage.verify import CONVERT_REWRITES
 
 METHODS = ("auto", "loop", "rebuild")
@@ -45,6 +45,8 @@ class RefreshOptions:
     source: Path
     image: Path
     method: str = "auto"
+    workdir: Path | None = None  # the sync work dir (its change lists), as for sync
+    full_scan: bool = False  # compare the whole tree even when change lists are complete
 
 
 def choose_method(requested: str) -> str:
@@ -69,6 +71,42 @@ def rsync_argv(source: Path, mnt: Path, keeps_ns: bool, protect: bool) -> list[s
     return [*argv, f"{os.fspath(source)}/", f"{os.fspath(mnt)}/"]
 
 
+def delta(opts: RefreshOptions, state: dict[str, Any]) -> list[bytes] | None:
+    """The paths changed by the sync passes since the image was built or refreshed, or None
+    when they are not all known (a pass failed or lacks its list, the state is dirty):
+    then the whole tree is compared."""
+    absorbed = state.get("synced_passes")
+    history = syncmod.passes(opts.source, opts.workdir)
+    if opts.full_scan or state.get("dirty") or absorbed is None or not history \
+            or absorbed > len(history):
+        return None
+    work = syncmod.work_dir(opts.source, opts.workdir)
+    found: dict[bytes, None] = {}
+    for entry in history[absorbed:]:
+        listing = work / "changes" / str(entry.get("changes", ""))
+        if entry.get("rsync_exit") not in (0, 24) or not listing.is_file():
+            return None
+        found.update(dict.fromkeys(p for p in listing.read_bytes().split(b"\0") if p))
+    return list(found)
+
+
+def _reachable(source: Path, rel: bytes) -> bool:
+    """Whether rsync can name ``rel``: it exists, or its parent is still a directory. (Under a
+    directory that was deleted or became a file, the ancestor's own entry does the work.)"""
+    path = os.fsencode(source) + b"/" + rel
+    return os.path.lexists(path) or os.path.isdir(os.path.dirname(path))
+
+
+def delta_argv(source: Path, mnt: Path, keeps_ns: bool, listing: Path) -> list[str]:
+    """rsync of the listed paths only: missing ones are deleted, a directory that became a
+    file is replaced, the parents' times are set (implied directories)."""
+    argv = ["rsync", "-aHAXS", "--numeric-ids", "--from0", f"--files-from={listing}",
+            "--delete-missing-args", "--force", "--stats"]
+    if keeps_ns:
+        argv.append("--modify-window=-1")
+    return [*argv, f"{os.fspath(source)}/", f"{os.fspath(mnt)}/"]
+
+
 def _restore(source: Path, mnt: Path, paths: list[str]) -> None:
     """Copy the staging tree's originals of ``paths`` over convert's versions (or remove them
     when the staging tree no longer has them)."""
@@ -90,10 +128,20 @@ def _restore(source: Path, mnt: Path, paths: list[str]) -> None:
                         f"{os.fspath(mnt)}/"], what="rsync of the changed originals")
 
 
-def _loop(opts: RefreshOptions, state: dict[str, Any], restore: list[str]) -> dict[str, int]:
+def _loop(opts: RefreshOptions, state: dict[str, Any], restore: list[str],
+          changed: list[bytes] | None, tmp: Path) -> dict[str, int]:
     protect = bool(state.get("convert"))
+    keeps_ns = bool(state.get("keeps_nanoseconds"))
     with loopmount.mounted(opts.image) as mnt:
-        argv = rsync_argv(opts.source, mnt, bool(state.get("keeps_nanoseconds")), protect)
+        if changed is None:
+            argv = rsync_argv(opts.source, mnt, keeps_ns, protect)
+        else:  # convert's paths are handled by the restore below, as with the full scan
+            listing = tmp / "changed.lst"
+            listing.write_bytes(b"".join(
+                p + b"\0" for p in changed
+                if not (protect and imagestate.rewritten(os.fsdecode(p)))
+                and _reachable(opts.source, p)))
+            argv = delta_argv(opts.source, mnt, keeps_ns, listing)
         proc = runmod.run(argv, check=False, what="rsync into the image")
         if proc.returncode != 0:
             full = "No space left on device" in proc.stderr
@@ -105,7 +153,7 @@ def _loop(opts: RefreshOptions, state: dict[str, Any], restore: list[str]) -> di
         if protect and restore:
             _restore(opts.source, mnt, restore)
         runmod.run(["sync", "-f", os.fspath(mnt)], what="sync")
-    return parse_stats(proc.stdout)
+    return syncmod.parse_stats(proc.stdout)
 
 
 def _rebuild(opts: RefreshOptions, state: dict[str, Any]) -> dict[str, int]:
@@ -113,7 +161,8 @@ def _rebuild(opts: RefreshOptions, state: dict[str, Any]) -> dict[str, int]:
     size = opts.image.stat().st_size
     try:
         report = image.build(image.BuildOptions(source=opts.source, output=opts.image,
-                                                size=size, force=True, uuid=uuid, label=label))
+                                                size=size, force=True, uuid=uuid, label=label,
+                                                sync_workdir=opts.workdir))
     except InputError as exc:
         if "too small" in exc.message or "does not fit" in exc.message:
             raise InputError(f"the staging tree {opts.source} no longer fits in "
@@ -158,9 +207,14 @@ def refresh(opts: RefreshOptions) -> dict[str, Any]:
         changes = sorted(old.keys() | new.keys()) if state.get("dirty") else \
             imagestate.changed(old, new)
         restore = [p for p in changes if imagestate.rewritten(p)]
+        synced = len(syncmod.passes(opts.source, opts.workdir))
+        changed = delta(opts, state) if method == "loop" else None
         imagestate.update(opts.image, dirty=True)
-        with step(f"Refreshing {opts.image} from {opts.source} ({method})"):
-            stats = _loop(opts, state, restore) if method == "loop" else _rebuild(opts, state)
+        how = "the whole tree" if changed is None else f"{len(changed)} changed paths"
+        with step(f"Refreshing {opts.image} from {opts.source} ({method}, {how})"), \
+                tempfile.TemporaryDirectory(prefix="p2vimage-refresh-") as tmp:
+            stats = _loop(opts, state, restore, changed, Path(tmp)) if method == "loop" \
+                else _rebuild(opts, state)
         copied = round(time.monotonic() - started, 2)
         converted = state.get("convert")
         convert_report = None
@@ -168,11 +222,14 @@ def refresh(opts: RefreshOptions) -> dict[str, Any]:
             with step(f"Converting again ({len(changes)} fixup inputs changed)"):
                 convert_report = convertmod.convert(convertmod.ConvertOptions(
                     image=opts.image, **converted))
-        imagestate.update(opts.image, dirty=False, inputs=new, refreshed=time.time())
+        imagestate.update(opts.image, dirty=False, inputs=new, refreshed=time.time(),
+                          synced_passes=synced)
     finally:
         os.close(fd)
     return {
         "image": os.fspath(opts.image), "source": os.fspath(opts.source), "method": method,
+        "scope": "full" if changed is None else "delta",
+        "delta_paths": None if changed is None else len(changed),
         "stats": stats, "changed_inputs": changes, "restored": restore,
         "converted_again": convert_report is not None,
         "fixups_changed": [f["name"] for f in (convert_report or {}).get("fixups", [])

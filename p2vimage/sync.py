@@ -16,6 +16,7 @@ import os
 import re
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,11 @@ SEED_PROFILE = ("/srv/backup/*", "/var/cache/*", "/var/lib/backuppc/*", "/var/tm
 ALWAYS = ("/proc/*", "/sys/*", "/dev/pts/*", "/run/*")
 _SOURCE = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^/:]+)"
                      r"(?::(?P<port>\d+))?(?P<path>/.*)?$")
+# One itemized line per changed path: 11 item characters, a space, the name (control
+# characters escaped as \#ooo), then " -> TARGET" for symlinks, " => TARGET" for hard links.
+OUT_FORMAT = "%i %n%L"
+_ITEM = re.compile(rb"^(?:\*deleting  |[<>ch.][fdLDS][ .+?a-zA-Z]{9}) ")
+_ESCAPE = re.compile(rb"\\#([0-7]{3})")
 _STAT = {"files": r"Number of files: ([\d,]+)",
          "files_transferred": r"Number of regular files transferred: ([\d,]+)",
          "deleted": r"Number of deleted files: ([\d,]+)",
@@ -101,7 +107,76 @@ class SyncOptions:
     @property
     def work(self) -> Path:
         """Where the source facts and the pass history are recorded."""
-        return self.workdir or self.staging.with_name(self.staging.name + ".sync")
+        return work_dir(self.staging, self.workdir)
+
+
+def work_dir(staging: Path, workdir: Path | None) -> Path:
+    """The sync work dir of ``staging``: ``--workdir``, else ``STAGING.sync`` beside it."""
+    return workdir or staging.with_name(staging.name + ".sync")
+
+
+def passes(staging: Path, workdir: Path | None) -> list[dict[str, Any]]:
+    """The sync passes recorded for ``staging`` (empty when it was not made by sync)."""
+    try:
+        data = json.loads((work_dir(staging, workdir) / "passes.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    return data if isinstance(data, list) else []
+
+
+def _unescape(name: bytes) -> bytes:
+    return _ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), name)
+
+
+def _split_link(rest: bytes, arrow: bytes, fits: Callable[[bytes, bytes], bool]
+                ) -> tuple[bytes, bytes | None]:
+    """Split "NAME ARROW TARGET" where either may contain the arrow: the split that matches
+    the staging tree wins."""
+    start = rest.find(arrow)
+    while start >= 0:
+        name, target = _unescape(rest[:start]), _unescape(rest[start + len(arrow):])
+        if fits(name, target):
+            return name, target
+        start = rest.find(arrow, start + 1)
+    return _unescape(rest), None
+
+
+def changed_paths(stdout: bytes, staging: Path) -> list[bytes]:
+    """The paths an rsync pass created, changed or deleted (relative, no trailing slash),
+    from its ``--out-format`` lines. Hard-link partners are listed too, so that copying the
+    listed paths alone links them again."""
+    root = os.fsencode(staging)
+
+    def same_inode(name: bytes, target: bytes) -> bool:
+        try:
+            return os.path.samefile(root + b"/" + name, root + b"/" + target)
+        except OSError:
+            return False
+
+    def link_to(name: bytes, target: bytes) -> bool:
+        try:
+            return os.readlink(root + b"/" + name) == target
+        except OSError:
+            return False
+
+    found: dict[bytes, None] = {}
+    for line in stdout.split(b"\n"):
+        line = line.rsplit(b"\r", 1)[-1]
+        if not _ITEM.match(line):
+            continue
+        item, rest = line[:11], line[12:]
+        names: list[bytes | None]
+        if item.startswith(b"h"):
+            names = list(_split_link(rest, b" => ", same_inode))
+        elif item[1:2] == b"L" and not item.startswith(b"*"):
+            names = [_split_link(rest, b" -> ", link_to)[0]]
+        else:
+            names = [_unescape(rest)]
+        for name in names:
+            if name is not None:
+                name = name.rstrip(b"/") or b"."
+                found[name] = None
+    return list(found)
 
 
 def ssh_argv(opts: SyncOptions) -> list[str]:
@@ -186,7 +261,8 @@ def rsync_argv(opts: SyncOptions, facts: dict[str, Any], excludes: list[str]) ->
     # --modify-window=-1: compare nanoseconds. A file or directory changed within the same
     # second as the previous pass would otherwise look unchanged (seen in a test).
     argv = ["rsync", "-aHS", "--numeric-ids", "--delete", "--delete-excluded",
-            "--modify-window=-1", f"--timeout={opts.timeout}", "--stats", "--info=progress2"]
+            "--modify-window=-1", f"--timeout={opts.timeout}", "--stats", "--info=progress2",
+            "-8", f"--out-format={OUT_FORMAT}"]
     if full:
         argv += ["-AX"]
     if opts.bwlimit:
@@ -240,32 +316,36 @@ def sync(opts: SyncOptions) -> dict[str, Any]:
     argv = rsync_argv(opts, facts, excludes)
     started = time.monotonic()
     with step(f"rsync {'final ' if opts.final else ''}pass from {opts.source.rsync_spec()}"):
-        proc = runmod.run(argv, check=False, what="rsync")
+        raw = runmod.run(argv, check=False, text=False, what="rsync")
     seconds = round(time.monotonic() - started, 2)
-    stats = parse_stats(proc.stdout)
-    missing = unreadable(proc.stderr)
+    stdout, stderr = raw.stdout.decode("utf-8", "replace"), raw.stderr.decode("utf-8", "replace")
+    stats = parse_stats(stdout)
+    missing = unreadable(stderr)
     report = {"source": opts.source.rsync_spec(), "staging": os.fspath(opts.staging),
               "final": opts.final, "seconds": seconds, "stats": stats,
               "excluded": [*ALWAYS, *excludes, *opts.excludes], "crossed_mounts": crossed,
-              "unreadable": missing, "lost_features": lost, "rsync_exit": proc.returncode,
+              "unreadable": missing, "lost_features": lost, "rsync_exit": raw.returncode,
               "facts": {"kernel": facts["kernel"], "rsync": facts["rsync"]}}
-    _record(opts, facts, report)
-    if proc.returncode in (0, 24):  # 24: files vanished while copying a live system
+    _record(opts, facts, report, changed_paths(raw.stdout, opts.staging))
+    if raw.returncode in (0, 24):  # 24: files vanished while copying a live system
         return report
-    if proc.returncode == 23 and missing:
+    if raw.returncode == 23 and missing:
         raise StageError(f"{len(missing)} files could not be read on the source: "
                          f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}",
                          hint=f"fix their permissions or exclude them; the full list is in "
                               f"{opts.work / 'passes.json'}")
-    if proc.returncode in (12, 30, 35, 255) or "connection" in proc.stderr.lower():
+    if raw.returncode in (12, 30, 35, 255) or "connection" in stderr.lower():
         raise StageError(f"the connection to {opts.source.host or 'the source'} was lost "
-                         f"during the sync ({runmod.last_line(proc.stderr)})",
+                         f"during the sync ({runmod.last_line(stderr)})",
                          hint="run the same sync again: it continues where it stopped")
-    raise StageError(f"rsync failed (exit {proc.returncode}): {runmod.last_line(proc.stderr)}",
+    raise StageError(f"rsync failed (exit {raw.returncode}): {runmod.last_line(stderr)}",
                      hint="run with --debug to see the command")
 
 
-def _record(opts: SyncOptions, facts: dict[str, Any], report: dict[str, Any]) -> None:
+def _record(opts: SyncOptions, facts: dict[str, Any], report: dict[str, Any],
+            changes: list[bytes]) -> None:
+    """Add the pass to ``passes.json`` and its changed paths to ``changes/N.lst`` (NUL
+    separated): ``build --refresh`` copies just those into the image."""
     opts.work.mkdir(parents=True, exist_ok=True)
     (opts.work / "source.json").write_text(json.dumps(facts, indent=2) + "\n")
     history_path = opts.work / "passes.json"
@@ -273,7 +353,11 @@ def _record(opts: SyncOptions, facts: dict[str, Any], report: dict[str, Any]) ->
         history = json.loads(history_path.read_text())
     except (FileNotFoundError, ValueError):
         history = []
-    history.append({"time": time.time(), **report})
+    listing = opts.work / "changes" / f"{len(history)}.lst"
+    listing.parent.mkdir(exist_ok=True)
+    listing.write_bytes(b"".join(p + b"\0" for p in changes))
+    report["changed_paths"] = len(changes)
+    history.append({"time": time.time(), "changes": listing.name, **report})
     tmp = history_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(history, indent=2) + "\n")
     tmp.replace(history_path)

@@ -4,12 +4,10 @@ bad hosts, keys and remotes give one clear line."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,56 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_one_line_error, needs_root, p2v
+from tests.rig.sshd import Sshd, free_port, start_sshd
 
 pytestmark = [needs_root]
-
-
-@dataclasses.dataclass
-class Sshd:
-    port: int
-    key: Path
-    known_hosts: Path
-    top: Path
-
-    def args(self, *extra: str) -> list[str]:
-        return ["--identity", str(self.key), "--ssh-option",
-                f"UserKnownHostsFile={self.known_hosts}", *extra]
-
-    def url(self, path: Path) -> str:
-        return f"ssh://root@127.0.0.1:{self.port}{path}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_sshd(top: Path, extra: str = "") -> tuple[subprocess.Popen[bytes], Sshd]:
-    top.mkdir(parents=True, exist_ok=True)
-    for name in ("host_key", "user_key"):
-        if not (top / name).exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
-                            str(top / name)], check=True)
-    shutil.copy(top / "user_key.pub", top / "authorized_keys")
-    port = free_port()
-    (top / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {top / 'host_key'}\n"
-        f"AuthorizedKeysFile {top / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        f"StrictModes no\nPidFile {top / 'sshd.pid'}\nLogLevel ERROR\n{extra}")
-    Path("/run/sshd").mkdir(exist_ok=True)
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(top / "sshd_config")])
-    deadline = time.monotonic() + 20
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert proc.poll() is None and time.monotonic() < deadline, "sshd did not start"
-        time.sleep(0.1)
-    host_pub = (top / "host_key.pub").read_text().split()
-    (top / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    return proc, Sshd(port, top / "user_key", top / "known_hosts", top)
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +54,17 @@ def change_source(root: Path) -> None:
     os.utime(orphan, ns=(st.st_atime_ns, st.st_mtime_ns + 500))
     shutil.rmtree(hard / "symlinks")
     (hard / "symlinks").write_text("a directory replaced by a file\n")
+    shutil.rmtree(root / "srv/old-tree")  # a whole directory tree deleted
 
 
-@pytest.mark.parametrize("method", ["loop", "rebuild"])
+@pytest.mark.parametrize("method", ["loop", "loop-full-scan", "rebuild"])
 def test_two_passes_then_refresh_and_verify(sshd: Sshd, hard_tree: Path, tmp_path: Path,
                                             copy_tree: Callable[..., Path], method: str) -> None:
+    """loop: only the paths the final pass changed are copied in (sync's change list);
+    loop-full-scan: the whole tree compared; rebuild: mke2fs -d again, same UUID."""
     source = copy_tree(hard_tree, "source")
+    (source / "srv/old-tree/sub").mkdir(parents=True)
+    (source / "srv/old-tree/sub/file").write_text("deleted before the final pass\n")
     staging = tmp_path / "staging"
     work = tmp_path / "work"
     img = tmp_path / "a.img"
@@ -116,7 +72,7 @@ def test_two_passes_then_refresh_and_verify(sshd: Sshd, hard_tree: Path, tmp_pat
     assert first.returncode == 0, first.stderr[-2000:]
     one = json.loads(first.stdout)
     assert one["stats"]["files_transferred"] > 15 and one["unreadable"] == []
-    assert p2v("build", staging, "-o", img).returncode == 0
+    assert p2v("--workdir", work, "build", staging, "-o", img).returncode == 0
     result = json.loads(p2v("--json", "verify", "--strict", source, img).stdout)
     assert result["differences"] == []
     uuid = json.loads(img.with_name("a.img.state.json").read_text())["uuid"]
@@ -129,13 +85,17 @@ def test_two_passes_then_refresh_and_verify(sshd: Sshd, hard_tree: Path, tmp_pat
     assert 0 < two["stats"]["files_transferred"] < 10  # only the delta moves
     before = json.loads(p2v("--json", "verify", source, img).stdout)
     assert len(before["differences"]) >= 8  # the image is out of date before the refresh
-    refreshed = p2v("--json", "build", staging, "-o", img, "--refresh",
-                    "--refresh-method", method)
+    refreshed = p2v("--json", "--workdir", work, "build", staging, "-o", img, "--refresh",
+                    "--refresh-method", method.split("-")[0],
+                    *(["--full-scan"] if method == "loop-full-scan" else []))
     assert refreshed.returncode == 0, refreshed.stderr[-2000:]
     report = json.loads(refreshed.stdout)
-    assert report["method"] == method and report["converted_again"] is False
-    if method == "loop":  # only the delta was written
+    assert report["method"] == method.split("-")[0] and report["converted_again"] is False
+    assert report["scope"] == ("delta" if method == "loop" else "full")
+    if method.startswith("loop"):  # only the delta was written
         assert 0 < report["stats"]["files_transferred"] < 10
+    if method == "loop":
+        assert 0 < report["delta_paths"] < 40
     result = json.loads(p2v("--json", "verify", "--strict", source, img).stdout)
     assert result["differences"] == []
     state = json.loads(img.with_name("a.img.state.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from p2vimage.sync import (
     SEED_PROFILE,
     Source,
     SyncOptions,
+    changed_paths,
     mount_excludes,
     parse_source,
     parse_stats,
@@ -92,3 +94,22 @@ def test_stats_and_unreadable() -> None:
     err = ('rsync: [sender] send_files failed to open "/etc/shadow": Permission denied (13)\n'
            'rsync: [sender] opendir "/root/private" failed: Permission denied (13)\n')
     assert unreadable(err) == ["/etc/shadow", "/root/private"]
+
+
+def test_changed_paths_from_itemized_output(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/f").write_text("x")
+    os.link(tmp_path / "d/f", tmp_path / "d/g => h")  # a name with the arrow in it
+    os.symlink("a -> b", tmp_path / "l -> x")
+    (tmp_path / "new\nline").write_text("y")
+    out = (b"created directory st\n"
+           b"cd+++++++++ ./\n"
+           b"\r   1,024 100%  progress\r>f+++++++++ d/f\n"
+           b"hf+++++++++ d/g => h => d/f\n"
+           b"cL+++++++++ l -> x -> a -> b\n"
+           b">f+++++++++ new\\#012line\n"
+           b"*deleting   gone/\n"
+           b".d..t...... d/\n"
+           b"Number of files: 5\n")
+    assert changed_paths(out, tmp_path) == [b".", b"d/f", b"d/g => h", b"l -> x",
+                                            b"new\nline", b"gone", b"d"]
