@@ -63,6 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tree", type=Path, help="source tree (default: bookworm fixture)")
     parser.add_argument("--rounds", type=int, default=3, help="final passes per method")
+    parser.add_argument("--bwlimit", help="rsync --bwlimit for every pass (a slower link to "
+                        "the legacy host than loopback), e.g. 12m for about 100 Mbit/s")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -82,7 +84,8 @@ def main() -> None:
     rng = random.Random(1)
     try:
         ssh = ["--identity", str(server.key), "--ssh-option",
-               f"UserKnownHostsFile={server.known_hosts}"]
+               f"UserKnownHostsFile={server.known_hosts}",
+               *(["--bwlimit", args.bwlimit] if args.bwlimit else [])]
         url = server.url(source)
         sh(["sync"])
         started = time.perf_counter()
@@ -124,7 +127,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     medians = {m: statistics.median(x["seconds"] for x in runs) for m, runs in finals.items()}
     result = {
-        "tree": os.fspath(tree), "first_pass_seconds": first,
+        "tree": os.fspath(tree), "bwlimit": args.bwlimit, "first_pass_seconds": first,
         "first_sync": {"files": first_sync["stats"].get("files"),
                        "files_sent": first_sync["stats"].get("files_transferred"),
                        "bytes_moved": first_sync["stats"].get("bytes_sent", 0)
@@ -136,7 +139,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"# final pass vs first pass, {tree}")
+    print(f"# final pass vs first pass, {tree}, link: "
+          f"{'rsync --bwlimit=' + args.bwlimit if args.bwlimit else 'loopback, unlimited'}")
     fs = result["first_sync"]
     print(f"first pass (sync + build): {first:.2f} s; sync sent {fs['files_sent']} of "
           f"{fs['files']} entries, {fs['bytes_moved']} bytes over ssh")

@@ -10,13 +10,15 @@ pseudo or network filesystems (their contents excluded, the mount point kept). T
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shlex
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -292,9 +294,32 @@ def unreadable(stderr: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+@contextlib.contextmanager
+def shared_connection(opts: SyncOptions) -> Iterator[SyncOptions]:
+    """``opts`` with one ssh connection shared by the probe and rsync (a handshake costs
+    ~0.25 s here, a quarter of a final pass with nothing to copy); closed on the way out."""
+    if not opts.source.remote:
+        yield opts
+        return
+    with tempfile.TemporaryDirectory(prefix="p2v-ssh-", dir="/tmp") as ctl:
+        shared = dataclasses.replace(opts, ssh_options=(
+            *opts.ssh_options, "ControlMaster=auto", f"ControlPath={ctl}/%C",
+            "ControlPersist=60"))
+        try:
+            yield shared
+        finally:
+            target = f"{opts.source.user + '@' if opts.source.user else ''}{opts.source.host}"
+            runmod.run([*ssh_argv(shared), "-O", "exit", target], check=False, timeout=10)
+
+
 def sync(opts: SyncOptions) -> dict[str, Any]:
     """One pass; returns its report and records it (and the source facts) in the work dir."""
     runmod.require_tools(["rsync", "ssh"] if opts.source.remote else ["rsync"])
+    with shared_connection(opts) as shared:
+        return _sync(shared)
+
+
+def _sync(opts: SyncOptions) -> dict[str, Any]:
     if opts.staging.exists() and not opts.staging.is_dir():
         raise InputError(f"staging {opts.staging} is not a directory",
                          hint="give a directory for the staging tree")
