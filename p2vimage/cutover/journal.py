@@ -136,7 +136,7 @@ def replay(records: list[dict[str, Any]]) -> State:
                 st.started.append(name)
             st.current, st.phase = name, "do"
             info["started"] = r["t"]
-            if r.get("starts_downtime"):
+            if r.get("starts_downtime") and st.stopped_at is None:
                 st.stopped_at = r["t"]
         elif ev == "do-done":
             if name not in st.done:

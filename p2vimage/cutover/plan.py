@@ -6,7 +6,7 @@ maintenance address on the same segment throughout, so rollback can always reach
 
 **fast** (default) stages everything that does not need the services stopped — maintenance
 addresses, bridge, proxy ARP with ``proxy_delay`` 0 (the kernel otherwise delays each proxied
-ARP answer by up to 0.8 s) — then: stop services + final sync, boot, remove the IP, route,
+ARP answer by up to 0.8 s) — then: remove the IP, stop services + final sync, boot, route,
 one gratuitous ARP (not waiting for arping's 1 s reply window), probe.
 **seed** replays the seed's order and commands: remove the IP, stop, boot, route, then proxy
 ARP, then ``arping -U -c 1`` waited out.
@@ -71,17 +71,25 @@ def _persist(spec: Spec, step: str, rc_lines: Sequence[str],
 
 
 def _garp(spec: Spec, iface: str, fast: bool, temporary: bool) -> Command:
-    """A gratuitous ARP for the public IP from IFACE, with either arping implementation
-    (iputils: -I, waits 1 s for replies that never come; Habets: -i, -S, exit 1 without
-    replies). TEMPORARY adds the address for the send, as the seed did."""
+    """A gratuitous ARP for the public IP from IFACE, with either arping implementation.
+
+    iputils (-I) needs the address to be local when it starts and then waits 1 s for replies
+    that never come; Habets' (-i, -S) does not care, and exits 1 without replies. TEMPORARY
+    adds the address for the send, as the seed did — but while it is there the node answers
+    for it itself, so the fast profile removes it as soon as iputils' arping is past its
+    start (its banner, line-buffered) instead of after its 1 s.
+    """
     ip, arp, i = q(spec.address), q(spec.node.arping if temporary else "arping"), q(iface)
-    iputils = f"{arp} -q -U -c 1 -I {i} {ip}"
     habets = f"{arp} -q -U -c 1 -i {i} -S {ip} {ip}"
     if fast:
-        iputils = f"timeout 0.3 {iputils}; rc=$?; [ $rc -ne 124 ] || rc=0"
         habets = habets.replace(" -c 1 ", " -c 1 -w 0 ")
+        iputils = (f"f=$(mktemp) || exit 1; stdbuf -oL {arp} -U -c 1 -I {i} {ip} "
+                   f"</dev/null >\"$f\" 2>&1 & pid=$!; n=0; until grep -q '^ARPING' \"$f\" || "
+                   "! kill -0 $pid 2>/dev/null || [ $n -ge 200 ]; do sleep 0.005; n=$((n+1)); "
+                   "done; sleep 0.01; rc=0; grep -q '^ARPING' \"$f\" || { cat \"$f\" >&2; "
+                   "rc=1; }; rm -f \"$f\"")
     else:
-        iputils += "; rc=$?"
+        iputils = f"{arp} -q -U -c 1 -I {i} {ip}; rc=$?"
     send = (f"if {arp} --help 2>&1 | grep -q Habets; then out=$({habets} 2>&1); rc=0; "
             f"[ -z \"$out\" ] || {{ echo \"$out\" >&2; rc=1; }}; else {iputils}; fi")
     if not temporary:  # the legacy host on rollback: it owns the address again
@@ -172,7 +180,7 @@ def steps(spec: Spec) -> dict[str, Step]:
             f"ip addr replace {q(pub)} dev {q(lif)} || exit 1; [ ! -f {q(state)} ] || "
             f"while read -r r; do ip route replace $r || true; done < {q(state)}")),
             Cmd("legacy", _garp(spec, lif, True, temporary=False))),
-        check=(Cmd("legacy", _has_addr(lif, pub, present=False)),))
+        check=(Cmd("legacy", _has_addr(lif, pub, present=False)),), starts_downtime=True)
 
     out["boot"] = Step("boot", "boot the instance",
                        do=tuple(Cmd("local", c) for c in hooks.boot),
@@ -208,7 +216,9 @@ def probe_command(spec: Spec, expect: str) -> Command:
     return Command.sh(f"curl -fsS -m 1 {q(spec.probe.url)} | grep -qF -- {q(expect)}")
 
 
-ORDER = {"fast": ("maintenance", "bridge", "proxy-arp", "stop", "boot", "remove-ip", "route",
+# fast: the address leaves before the services stop, so a rollback starts them again before
+# the address comes back (and they answer at once)
+ORDER = {"fast": ("maintenance", "bridge", "proxy-arp", "remove-ip", "stop", "boot", "route",
                   "garp", "verify"),
          "seed": ("maintenance", "bridge", "remove-ip", "stop", "boot", "route", "proxy-arp",
                   "garp", "verify")}

@@ -164,7 +164,7 @@ def test_runner_killed_mid_cutover(rig: Rig, tmp_path: Path, then: str) -> None:
     state = status(rig, spec, work)
     assert state["status"] == "in-progress" and state["runner_active"] is False
     assert state["current"] == "stop" and state["phase"] == "do"
-    assert state["done"] == ["maintenance", "bridge", "proxy-arp"]
+    assert state["done"] == ["maintenance", "bridge", "proxy-arp", "remove-ip"]
     human = rig.cli("cutover", "status", spec, workdir=work).stdout
     assert "stop         INTERRUPTED during do" in human
 
@@ -183,8 +183,8 @@ def test_runner_killed_mid_cutover(rig: Rig, tmp_path: Path, then: str) -> None:
     else:
         proc = rig.cli("--json", "cutover", "rollback", spec, workdir=work)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert json.loads(proc.stdout)["undone"] == ["stop", "proxy-arp", "bridge",
-                                                     "maintenance"]
+        assert json.loads(proc.stdout)["undone"] == ["stop", "remove-ip", "proxy-arp",
+                                                     "bridge", "maintenance"]
     assert_legacy(rig)
 
 
