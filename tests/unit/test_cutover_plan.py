@@ -142,3 +142,25 @@ def test_rendered_scripts_parse_and_quote(spec: specmod.Spec, tmp_path: Path) ->
     assert back.index("undo 8. garp") < back.index("undo 1. maintenance")
     with pytest.raises(InputError, match="already exists"):
         rendermod.render(spec, tmp_path / "out", force=False)
+
+
+def test_files_persistence(tmp_path: Path) -> None:
+    sysctl, networkd = tmp_path / "sysctl.d", tmp_path / "network"
+    text = SPEC.replace('name = "ns1"', f'name = "ns1"\npersist = "files"\n'
+                        f'sysctl_dir = "{sysctl}"\nnetworkd_dir = "{networkd}"')
+    steps = planmod.steps(specmod.load(write(tmp_path, text)))
+    for name in ("bridge", "proxy-arp", "route"):
+        for cmd in steps[name].do:
+            if str(tmp_path) in cmd.command.line():
+                subprocess.run(cmd.command.local_argv(), check=True)
+    assert (networkd / "60-p2vimage-br2004.netdev").read_text() == \
+        "[NetDev]\nName=br2004\nKind=bridge\n"
+    assert (networkd / "60-p2vimage-br2004.network.d/p2vimage-route.conf").read_text() == \
+        "[Route]\nDestination=192.0.2.10/32\n"
+    assert "net.ipv4.neigh.br2004.proxy_delay = 0\n" in (sysctl / "60-p2vimage-ns1.conf") \
+        .read_text()
+    for name in ("bridge", "proxy-arp", "route"):
+        for cmd in steps[name].undo:
+            if str(tmp_path) in cmd.command.line():
+                subprocess.run(cmd.command.local_argv(), check=True)
+    assert list(sysctl.iterdir()) == [] and not (networkd / "60-p2vimage-br2004.netdev").exists()
