@@ -39,8 +39,9 @@ def step(title: str) -> Iterator[None]:
     log.info("%s  done in %.1f s", indent, time.monotonic() - started)
 
 
-def progress(total: int, desc: str, unit: str = "B") -> tqdm[Any]:
-    """A progress bar on stderr, shown only on a terminal and never in --json mode."""
+def progress(total: int | None, desc: str, unit: str = "B") -> tqdm[Any]:
+    """A progress bar on stderr (``total`` None: a counter), shown only on a terminal and
+    never in --json mode."""
     disabled = bool(_state["quiet_progress"]) or not sys.stderr.isatty()
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1024,
                 disable=disabled, file=sys.stderr, leave=False)

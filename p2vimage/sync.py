@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 from p2vimage import run as runmod
 from p2vimage.errors import InputError, PreconditionError, StageError
-from p2vimage.log import log, step
+from p2vimage.log import log, progress, step
 
 LOCAL_FS = {"ext2", "ext3", "ext4", "xfs", "reiserfs", "jfs", "btrfs", "vfat", "msdos",
             "ufs", "reiser4", "f2fs", "zfs", "nilfs2", "hfsplus", "ocfs2", "minix", "ext4dev"}
@@ -195,7 +196,16 @@ def ssh_argv(opts: SyncOptions) -> list[str]:
 
 
 _PROBE = ("cat /proc/mounts; echo @@@; uname -r; echo @@@; "
-          "(rsync --version 2>/dev/null || echo none) | head -n 1")
+          "(rsync --version 2>/dev/null || echo none) | head -n 1; echo @@@; "
+          "df -P -k 2>/dev/null; echo @@@; "
+          'for f in boot/grub/menu.lst boot/grub/grub.cfg boot/grub2/grub.cfg '
+          'boot/extlinux/extlinux.conf boot/syslinux/syslinux.cfg etc/lilo.conf; do '
+          '[ -e "$P2V_ROOT/$f" ] && echo "$f"; done; true')
+BOOTLOADERS = {"boot/grub/menu.lst": "grub-legacy", "boot/grub/grub.cfg": "grub2",
+               "boot/grub2/grub.cfg": "grub2", "boot/extlinux/extlinux.conf": "extlinux",
+               "boot/syslinux/syslinux.cfg": "syslinux", "etc/lilo.conf": "lilo"}
+_PROGRESS = re.compile(rb"^\s*([\d,]+)\s+\d+%[^(]*"
+                       rb"(?:\(xfr#(\d+), (?:to|ir)-chk=(\d+)/(\d+)\))?\s*$")
 
 
 def _ssh_error(opts: SyncOptions, stderr: str, code: int) -> Exception:
@@ -217,27 +227,43 @@ def _ssh_error(opts: SyncOptions, stderr: str, code: int) -> Exception:
 
 
 def remote_facts(opts: SyncOptions) -> dict[str, Any]:
-    """Mounts, kernel and rsync version of the source (over ssh, or locally)."""
+    """Mounts (with sizes), kernel, bootloader and rsync version of the source (over ssh,
+    or locally)."""
+    script = f"P2V_ROOT={shlex.quote(opts.source.path.rstrip('/'))}; {_PROBE}"
     if opts.source.remote:
         target = f"{opts.source.user + '@' if opts.source.user else ''}{opts.source.host}"
-        proc = runmod.run([*ssh_argv(opts), target, "sh", "-c", shlex.quote(_PROBE)],
+        proc = runmod.run([*ssh_argv(opts), target, "sh", "-c", shlex.quote(script)],
                           check=False, timeout=120, what="ssh")
         if proc.returncode != 0:
             raise _ssh_error(opts, proc.stderr, proc.returncode)
         out = proc.stdout
     else:
-        proc = runmod.run(["sh", "-c", _PROBE], timeout=60)
+        proc = runmod.run(["sh", "-c", script], timeout=60)
         out = proc.stdout
-    mounts_text, kernel, rsync = [*out.split("@@@\n"), "", ""][:3]
+    return parse_facts(out)
+
+
+def parse_facts(out: str) -> dict[str, Any]:
+    """The probe's output (see ``_PROBE``) as the facts recorded in ``source.json``."""
+    mounts_text, kernel, rsync, df, boot = [*out.split("@@@\n"), "", "", "", ""][:5]
+    sizes = {}
+    for line in df.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1].isdigit() and fields[2].isdigit():
+            sizes[" ".join(fields[5:])] = {"size_kib": int(fields[1]),
+                                           "used_kib": int(fields[2])}
     mounts = []
     for line in mounts_text.splitlines():
         fields = line.split()
         if len(fields) >= 3:
             point = fields[1].replace("\\040", " ").replace("\\011", "\t")
-            mounts.append({"device": fields[0], "mountpoint": point, "type": fields[2]})
+            mounts.append({"device": fields[0], "mountpoint": point, "type": fields[2],
+                           **sizes.get(point, {})})
     version = re.search(r"version\s+(\d+)\.(\d+)\.(\d+)", rsync)
+    found = [BOOTLOADERS[f] for f in boot.split() if f in BOOTLOADERS]
     return {"mounts": mounts, "kernel": kernel.strip(), "rsync": rsync.strip(),
-            "rsync_version": [int(x) for x in version.groups()] if version else None}
+            "rsync_version": [int(x) for x in version.groups()] if version else None,
+            "bootloader": found[0] if found else "unknown", "bootloader_files": boot.split()}
 
 
 def mount_excludes(facts: dict[str, Any], root: str) -> tuple[list[str], list[dict[str, str]]]:
@@ -294,6 +320,42 @@ def unreadable(stderr: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def _rsync_with_progress(argv: list[str]) -> runmod.Completed[bytes]:
+    """Run rsync, showing its --info=progress2 figures (bytes, files) as a progress bar."""
+    proc = runmod.popen(argv)
+    stdout, stderr = proc.stdout, proc.stderr
+    assert stdout is not None and stderr is not None
+    chunks: list[bytes] = []
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+    reader.start()
+    try:
+        with progress(None, "rsync") as bar:
+            pending = b""
+            while True:
+                data = os.read(stdout.fileno(), 65536)
+                if not data:
+                    break
+                chunks.append(data)
+                pending += data
+                *lines, pending = re.split(rb"[\r\n]", pending)
+                for line in lines:
+                    m = _PROGRESS.match(line)
+                    if m:
+                        bar.n = int(m.group(1).replace(b",", b""))
+                        if m.group(4):
+                            bar.set_postfix_str(f"{int(m.group(4)) - int(m.group(3))}/"
+                                                f"{int(m.group(4))} files", refresh=False)
+                        bar.refresh()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join()
+    return runmod.Completed(argv, proc.returncode, b"".join(chunks), b"".join(errors))
+
+
 @contextlib.contextmanager
 def shared_connection(opts: SyncOptions) -> Iterator[SyncOptions]:
     """``opts`` with one ssh connection shared by the probe and rsync (a handshake costs
@@ -341,7 +403,7 @@ def _sync(opts: SyncOptions) -> dict[str, Any]:
     argv = rsync_argv(opts, facts, excludes)
     started = time.monotonic()
     with step(f"rsync {'final ' if opts.final else ''}pass from {opts.source.rsync_spec()}"):
-        raw = runmod.run(argv, check=False, text=False, what="rsync")
+        raw = _rsync_with_progress(argv)
     seconds = round(time.monotonic() - started, 2)
     stdout, stderr = raw.stdout.decode("utf-8", "replace"), raw.stderr.decode("utf-8", "replace")
     stats = parse_stats(stdout)

@@ -36,8 +36,11 @@ def test_sync_from_live_vm_then_convert_and_smoke(converted: Callable[[str], Con
     for pseudo in ("proc", "sys", "run", "dev"):
         assert (staging / pseudo).is_dir(), pseudo
         assert os.listdir(staging / pseudo) == [], (pseudo, os.listdir(staging / pseudo))
-    types = {m["type"] for m in json.loads((work / "source.json").read_text())["mounts"]}
-    assert {"proc", "sysfs", "devtmpfs"} <= types
+    facts = json.loads((work / "source.json").read_text())
+    assert {"proc", "sysfs", "devtmpfs"} <= {m["type"] for m in facts["mounts"]}
+    root = next(m for m in facts["mounts"] if m["mountpoint"] == "/")
+    assert root["type"] == "ext3" and root["size_kib"] > root["used_kib"] > 100_000
+    assert facts["kernel"].endswith("-686") and facts["bootloader"] == "grub-legacy"
 
     img = tmp_path / "from-live.img"
     assert p2v("build", staging, "-o", img).returncode == 0

@@ -14,6 +14,7 @@ from p2vimage.sync import (
     SyncOptions,
     changed_paths,
     mount_excludes,
+    parse_facts,
     parse_source,
     parse_stats,
     rsync_argv,
@@ -113,3 +114,18 @@ def test_changed_paths_from_itemized_output(tmp_path: Path) -> None:
            b"Number of files: 5\n")
     assert changed_paths(out, tmp_path) == [b".", b"d/f", b"d/g => h", b"l -> x",
                                             b"new\nline", b"gone", b"d"]
+
+
+def test_facts_from_the_probe() -> None:
+    out = ("/dev/sda1 / ext3 rw 0 0\nproc /proc proc rw 0 0\n/dev/sda5 /var ext3 rw 0 0\n@@@\n"
+           "2.6.26-2-vserver-686\n@@@\nrsync  version 3.0.3  protocol version 30\n@@@\n"
+           "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
+           "/dev/sda1 960504 412116 499596 46% /\n/dev/sda5 4806904 2100004 2462712 47% /var\n"
+           "@@@\nboot/grub/menu.lst\n")
+    facts = parse_facts(out)
+    assert facts["kernel"] == "2.6.26-2-vserver-686"
+    assert facts["rsync_version"] == [3, 0, 3]
+    assert facts["bootloader"] == "grub-legacy"
+    assert facts["mounts"][2] == {"device": "/dev/sda5", "mountpoint": "/var", "type": "ext3",
+                                  "size_kib": 4806904, "used_kib": 2100004}
+    assert "size_kib" not in facts["mounts"][1]  # df -P lists no pseudo filesystem here
