@@ -37,11 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import REPO
-
-try:  # the sshd helper moves from test_sync.py into the rig package
-    from tests.rig.sshd import Sshd, start_sshd
-except ImportError:
-    from tests.integration.test_sync import Sshd, start_sshd  # type: ignore[no-redef]
+from tests.rig.sshd import Sshd, start_sshd
 
 PUBLIC_IP = "192.0.2.10"
 ROUTER_IP = "192.0.2.1"
