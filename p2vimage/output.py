@@ -32,6 +32,17 @@ def check_output(final: Path, force: bool) -> None:
                          hint="choose another -o path or fix its permissions")
 
 
+def lock_or_refuse(fd: int, message: str, hint: str) -> None:
+    """Take an exclusive flock on ``fd`` without waiting; PreconditionError(message, hint)
+    when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise PreconditionError(message, hint=hint) from None
+        raise
+
+
 def partial_path(final: Path) -> Path:
     """The temporary name ``final`` is written under."""
     return final.with_name(f".{final.name}.partial")
@@ -47,13 +58,8 @@ def atomic_output(final: Path, force: bool) -> Iterator[Path]:
     partial = partial_path(final)
     fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise PreconditionError(f"another p2vimage run is writing {final}",
-                                        hint="wait for it to finish or stop it") from exc
-            raise
+        lock_or_refuse(fd, f"another p2vimage run is writing {final}",
+                       "wait for it to finish or stop it")
         os.ftruncate(fd, 0)  # a partial left by a killed run is ours now
         committed = False
         try:

@@ -18,8 +18,6 @@ the next one, and nothing downstream takes a dirty image for a good one.
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import os
 import shutil
 import tempfile
@@ -31,8 +29,9 @@ from p2vimage import convert as convertmod
 from p2vimage import e2fs, image, imagestate, loopmount
 from p2vimage import run as runmod
 from p2vimage import sync as syncmod
-from p2vimage.errors import InputError, PreconditionError, StageError
+from p2vimage.errors import InputError, StageError
 from p2vimage.log import step
+from p2vimage.output import lock_or_refuse
 from p2vimage.verify import CONVERT_REWRITES
 
 METHODS = ("auto", "loop", "rebuild")
@@ -194,13 +193,8 @@ def refresh(opts: RefreshOptions) -> dict[str, Any]:
     started = time.monotonic()
     fd = os.open(opts.image, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise PreconditionError(f"another p2vimage run is using {opts.image}",
-                                        hint="wait for it to finish") from None
-            raise
+        lock_or_refuse(fd, f"another p2vimage run is using {opts.image}",
+                       "wait for it to finish")
         old = state.get("inputs") or {}
         new = imagestate.input_digest(opts.source)
         # after an interrupted refresh, nothing about the image is known: redo everything

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import fcntl
 import json
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from p2vimage.errors import PreconditionError
+from p2vimage.output import lock_or_refuse
 
 
 def directory(workdir: Path) -> Path:
@@ -34,14 +34,8 @@ def locked(workdir: Path) -> Iterator[None]:
     top.mkdir(parents=True, exist_ok=True)
     fd = os.open(top / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise PreconditionError(f"another cutover runner holds {top / 'lock'}",
-                                        hint="wait for it, or see 'p2vimage cutover status'"
-                                        ) from exc
-            raise
+        lock_or_refuse(fd, f"another cutover runner holds {top / 'lock'}",
+                       "wait for it, or see 'p2vimage cutover status'")
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         yield
