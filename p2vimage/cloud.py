@@ -594,6 +594,17 @@ def _marked(metadata: dict[str, str] | None, host: str, run: str | None) -> bool
     return meta.get(TAG_HOST) == host and (run is None or meta.get(TAG_RUN) == run)
 
 
+_BUSY = ("in-use", "detaching", "attaching", "reserved", "creating", "downloading")
+
+
+def _wait_detached(conn: Any, vol: Any, seconds: float = 300) -> None:
+    """Until a volume of a deleted server is detached (Nova detaches after the delete)."""
+    deadline = time.monotonic() + seconds
+    while vol.status in _BUSY and time.monotonic() < deadline:
+        time.sleep(1)
+        vol = conn.block_storage.get_volume(vol.id)
+
+
 def cleanup(cloud_name: str | None, host: str, run: str | None = None,
             dry_run: bool = False) -> dict[str, Any]:
     """Find (and unless ``dry_run`` delete) servers, volumes and images marked for ``host``.
@@ -632,6 +643,7 @@ def cleanup(cloud_name: str | None, host: str, run: str | None = None,
                         conn.compute.delete_server(res, ignore_missing=True)
                         conn.compute.wait_for_delete(res, interval=1, wait=300)
                     elif kind == "volumes":
+                        _wait_detached(conn, res)
                         conn.block_storage.delete_volume(res, ignore_missing=True)
                         conn.block_storage.wait_for_delete(res, interval=1, wait=300)
                     else:

@@ -1,13 +1,22 @@
-"""The OpenStack test rig: real Keystone, Glance and Cinder from PyPI, on loopback ports.
+"""The OpenStack test rig: real Keystone, Glance, Cinder, Placement, Neutron and Nova from PyPI,
+on loopback ports.
 
 ```
- Keystone 30  uWSGI  keystone.wsgi.api          sqlite, fernet tokens, regions One and Two
- Glance 33    uWSGI  glance.wsgi.api            RegionOne: file store, glance-direct import
- Glance 33    uWSGI  (second instance)          RegionTwo: image_size_cap 16 MiB (the 413)
- Cinder 29    one process (tests/rig/cinder_aio.py): API + scheduler + backends file-a (AZ
-              "nova") and file-b (AZ "az2"), each a file-backed subclass of Cinder's own fake
-              driver (tests/rig/cinder_file_driver.py), oslo.messaging transport fake:/
+ Keystone 30   uWSGI  keystone.wsgi.api    sqlite, fernet tokens, regions One and Two
+ Glance 33     uWSGI  glance.wsgi.api      RegionOne: file store, glance-direct import
+ Glance 33     uWSGI  (second instance)    RegionTwo: image_size_cap 16 MiB (the HTTP 413)
+ Cinder 29     one process (services/cinder_aio.py): API + scheduler + backends file-a (AZ
+               "nova") and file-b (AZ "az2"), each a file-backed subclass of Cinder's own fake
+               driver (services/cinder_file_driver.py); oslo.messaging transport fake:/
+ Placement 16  uWSGI  placement.wsgi.api
+ Neutron 29    uWSGI  neutron.wsgi.api     ML2, no agents (networks, ports, security groups)
+ Nova 34       one process (services/nova_aio.py): API + conductor + scheduler + compute with
+               Nova's fake virt driver (services/nova_rig_driver.py); transport fake:/
 ```
+
+The ``fake:/`` transport keeps its queues in class attributes: services reach each other only
+inside one process, hence the two all-in-one launchers. ``Rig(top, nova=False)`` leaves out
+Placement, Neutron and Nova.
 
 The services run from their own venv, built once from ``openstack-requirements.txt`` (exact
 pins) under ``<cache_dir>/openstack/venv-<hash>``: built under a lock into a temporary
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -42,6 +52,9 @@ from typing import Any
 from p2vimage.paths import cache_dir
 
 HERE = Path(__file__).resolve().parent
+# Run by the services' Python: a directory of their own, so that this module (named like the
+# openstacksdk package) never shadows it on their sys.path.
+SERVICES = HERE / "services"
 PINS = HERE / "openstack-requirements.txt"
 PYTHON = "/usr/bin/python3"
 PASSWORD = "rig-admin-secret"  # a throwaway password for a loopback-only test cloud
@@ -97,6 +110,11 @@ def _ini(sections: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _term_with_parent() -> None:
+    """In a service: SIGTERM when the test process dies, however it dies (no orphans)."""
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -112,16 +130,22 @@ def _children(pid: int) -> list[int]:
 class Rig:
     """The running services; :meth:`start` brings them up, :meth:`stop` kills them all."""
 
-    def __init__(self, top: Path) -> None:
+    def __init__(self, top: Path, nova: bool = True) -> None:
         self.top = top
         self.logs = top / "logs"
         self.venv, self.install_seconds = ensure_venv()
         self.python = str(self.venv / "bin/python")
-        self.ports = {name: free_port() for name in ("keystone", "glance", "glance2", "cinder")}
+        self.nova = nova
+        names = ["keystone", "glance", "glance2", "cinder"] + (
+            ["placement", "neutron", "nova"] if nova else [])
+        self.ports = {name: free_port() for name in names}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.clouds_yaml = top / "clouds.yaml"
         self.timings: dict[str, float] = {"venv_install": round(self.install_seconds, 1)}
         self.project_id = ""
+        self.network_id = ""
+        # P2VIMAGE_RIG_DEBUG=1: the services log at debug level
+        self.debug = "true" if os.environ.get("P2VIMAGE_RIG_DEBUG") else "false"
 
     # -- addresses and environment -------------------------------------------------------
     def url(self, name: str) -> str:
@@ -145,7 +169,7 @@ class Rig:
         return {"www_authenticate_uri": self.url("keystone"), "auth_url": self.url("keystone"),
                 "auth_type": "password", "project_domain_name": "Default",
                 "user_domain_name": "Default", "project_name": "admin", "username": "admin",
-                "password": PASSWORD}
+                "password": PASSWORD, "service_token_roles_required": "true"}
 
     def _uwsgi_ini(self, name: str, module: str, threads: int) -> Path:
         path = self.top / name / "uwsgi.ini"
@@ -164,7 +188,7 @@ class Rig:
         ks = self.top / "keystone"
         ks.mkdir(parents=True)
         (ks / "keystone.conf").write_text(_ini({
-            "DEFAULT": {"log_file": self.logs / "keystone.log"},
+            "DEFAULT": {"log_file": self.logs / "keystone.log", "debug": self.debug},
             "database": {"connection": f"sqlite:///{ks}/keystone.db"},
             "token": {"provider": "fernet"},
             "fernet_tokens": {"key_repository": ks / "fernet-keys"},
@@ -177,6 +201,7 @@ class Rig:
                 (gl / sub).mkdir(parents=True)
             default: dict[str, Any] = {
                 "log_file": self.logs / f"{name}.log", "enabled_backends": "fs:file",
+                "debug": self.debug,
                 "worker_self_reference_url": self.url(name),
                 "enabled_import_methods": "[glance-direct]",
             }
@@ -209,6 +234,7 @@ class Rig:
                 "image_conversion_dir": ci / "conversion",
                 "api_paste_config": self.venv / "etc/cinder/api-paste.ini",
                 "log_file": self.logs / "cinder.log", "report_interval": 5,
+                "debug": self.debug,
             },
             "database": {"connection": f"sqlite:///{ci}/cinder.db"},
             "oslo_concurrency": {"lock_path": ci / "locks"},
@@ -220,6 +246,69 @@ class Rig:
                                  "volume_backend_name": backend,
                                  "backend_availability_zone": az}
         (ci / "cinder.conf").write_text(_ini(sections))
+        if self.nova:
+            self._write_nova_configs()
+
+    def _service_auth(self) -> dict[str, Any]:
+        return {"auth_type": "password", "auth_url": self.auth_url, "username": "admin",
+                "password": PASSWORD, "project_name": "admin", "user_domain_name": "Default",
+                "project_domain_name": "Default", "region_name": "RegionOne"}
+
+    def _write_nova_configs(self) -> None:
+        pl = self.top / "placement"
+        pl.mkdir(parents=True)
+        (pl / "placement.conf").write_text(_ini({
+            "DEFAULT": {"log_file": self.logs / "placement.log"},
+            "placement_database": {"connection": f"sqlite:///{pl}/placement.db"},
+            "api": {"auth_strategy": "keystone"},
+            "keystone_authtoken": self._authtoken(),
+        }))
+        self._uwsgi_ini("placement", "placement.wsgi.api:application", 4)
+        ne = self.top / "neutron"
+        ne.mkdir(parents=True)
+        (ne / "neutron.conf").write_text(_ini({
+            "DEFAULT": {"log_file": self.logs / "neutron.log", "debug": self.debug,
+                        "core_plugin": "ml2", "service_plugins": "", "auth_strategy": "keystone",
+                        "transport_url": "fake:/", "state_path": ne,
+                        "api_paste_config": self.venv / "etc/neutron/api-paste.ini",
+                        "rpc_workers": 0, "rpc_state_report_workers": 0,
+                        "notify_nova_on_port_status_changes": "false",
+                        "notify_nova_on_port_data_changes": "false"},
+            "database": {"connection": f"sqlite:///{ne}/neutron.db"},
+            "keystone_authtoken": self._authtoken(),
+            # No agents and no mechanism drivers: networks, security groups and port
+            # listings are real; binding a port would fail, so servers boot with no NIC.
+            "ml2": {"type_drivers": "flat,vxlan", "tenant_network_types": "vxlan",
+                    "mechanism_drivers": "", "extension_drivers": "port_security"},
+            "ml2_type_vxlan": {"vni_ranges": "1:1000"},
+            "oslo_concurrency": {"lock_path": ne / "locks"},
+        }))
+        self._uwsgi_ini("neutron", "neutron.wsgi.api:application", 4)
+        nv = self.top / "nova"
+        (nv / "state").mkdir(parents=True)
+        (nv / "nova.conf").write_text(_ini({
+            "DEFAULT": {"log_file": self.logs / "nova.log", "transport_url": "fake:/",
+                        "debug": self.debug,
+                        "host": "rig", "state_path": nv / "state",
+                        "compute_driver": "nova_rig_driver.RigFakeDriver",
+                        "default_availability_zone": "nova", "concurrency_backend": "threading",
+                        "instances_path": nv / "instances"},
+            "api": {"auth_strategy": "keystone"},
+            "api_database": {"connection": f"sqlite:///{nv}/nova_api.db"},
+            "database": {"connection": f"sqlite:///{nv}/nova.db"},
+            "wsgi": {"api_paste_config": self.venv / "etc/nova/api-paste.ini"},
+            "keystone_authtoken": self._authtoken(),
+            "placement": self._service_auth(),
+            "cinder": {**self._service_auth(), "os_region_name": "RegionOne"},
+            "glance": {"endpoint_override": self.url("glance")},
+            "neutron": self._service_auth(),
+            # Cinder lets only Nova detach a volume Nova attached: Nova proves who it is with
+            # a service token (a user with the "service" role, given in _register_catalog).
+            "service_user": {**self._service_auth(), "send_service_user_token": "true"},
+            "scheduler": {"discover_hosts_in_cells_interval": 2},
+            "oslo_concurrency": {"lock_path": nv / "locks"},
+            "vnc": {"enabled": "false"},
+        }))
 
     def write_clouds_yaml(self) -> None:
         def cloud(region: str, password: str) -> dict[str, Any]:
@@ -242,10 +331,10 @@ class Rig:
             raise RuntimeError(f"{name} failed ({proc.returncode}):\n{self.tail(name)}")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        out = open(self.logs / f"{name}.out", "ab")  # noqa: SIM115 - closed in stop()
+        out = open(self.logs / f"{name}.out", "ab")  # noqa: SIM115 - closed below
         self.procs[name] = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.top,
-            env={**os.environ, **env}, start_new_session=True)
+            env={**os.environ, **env}, start_new_session=True, preexec_fn=_term_with_parent)
         out.close()
 
     def _uwsgi(self, name: str, env: dict[str, str]) -> None:
@@ -268,6 +357,17 @@ class Rig:
             *(arg for iface in ("admin", "internal", "public")
               for arg in (f"--bootstrap-{iface}-url", self.auth_url))])
 
+    def _nova_setup(self) -> None:
+        nv = self.top / "nova"
+        manage = [*self.tool("nova-manage"), "--config-file", str(nv / "nova.conf")]
+        self._run("nova-manage", [*manage, "api_db", "sync"])
+        self._run("nova-manage", [*manage, "cell_v2", "map_cell0", "--database_connection",
+                                  f"sqlite:///{nv}/nova_cell0.db"])
+        self._run("nova-manage", [*manage, "cell_v2", "create_cell", "--name", "cell1",
+                                  "--database_connection", f"sqlite:///{nv}/nova.db",
+                                  "--transport-url", "fake:/"])
+        self._run("nova-manage", [*manage, "db", "sync"])
+
     def start(self) -> None:
         started = time.monotonic()
         self.logs.mkdir(parents=True)
@@ -282,6 +382,14 @@ class Rig:
             jobs.append(pool.submit(self._run, "cinder-manage", [
                 *self.tool("cinder-manage"), "--config-file",
                 str(self.top / "cinder/cinder.conf"), "db", "sync"]))
+            if self.nova:
+                jobs.append(pool.submit(self._run, "placement-manage", [
+                    *self.tool("placement-manage"), "--config-file",
+                    str(self.top / "placement/placement.conf"), "db", "sync"]))
+                jobs.append(pool.submit(self._nova_setup))
+                jobs.append(pool.submit(self._run, "neutron-db", [
+                    self.python, str(SERVICES / "neutron_db.py"),
+                    f"sqlite:///{self.top}/neutron/neutron.db"]))
             for job in jobs:
                 job.result()
         self.timings["db_setup"] = round(time.monotonic() - started, 1)
@@ -289,14 +397,27 @@ class Rig:
                                                                 "keystone/keystone.conf")})
         self.start_glance("glance")
         self.start_glance("glance2")
-        self._spawn("cinder", [self.python, str(HERE / "cinder_aio.py"), "--config-file",
+        self._spawn("cinder", [self.python, str(SERVICES / "cinder_aio.py"), "--config-file",
                                str(self.top / "cinder/cinder.conf")],
-                    {"PYTHONPATH": str(HERE)})
+                    {"PYTHONPATH": str(SERVICES)})
+        if self.nova:
+            self._uwsgi("placement", {"OS_PLACEMENT_CONFIG_DIR": str(self.top / "placement")})
+            self._uwsgi("neutron", {"OS_NEUTRON_CONFIG_FILES": str(self.top /
+                                                                   "neutron/neutron.conf")})
         self.wait_http("keystone")
         self._register_catalog()
-        for name in ("glance", "glance2", "cinder"):
+        if self.nova:  # its compute service reports to placement as it starts
+            self.wait_http("placement")
+            self._spawn("nova", [self.python, str(SERVICES / "nova_aio.py"),
+                                 str(self.ports["nova"])],
+                        {"OS_NOVA_CONFIG_FILES": f"{self.venv}/etc/nova/api-paste.ini;"
+                                                 f"{self.top}/nova/nova.conf"})
+        for name in ("glance", "glance2", "cinder", *(("placement", "neutron", "nova")
+                                                      if self.nova else ())):
             self.wait_http(name)
         self._wait_zones()
+        if self.nova:
+            self._wait_compute()
         self.timings["start_total"] = round(time.monotonic() - started, 1)
 
     def stop(self) -> None:
@@ -327,7 +448,7 @@ class Rig:
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited ({proc.returncode}):\n{self.tail(name)}")
             try:
-                with urllib.request.urlopen(self.url(name) + "/", timeout=5):  # noqa: S310
+                with urllib.request.urlopen(self.url(name) + "/", timeout=5):
                     return
             except urllib.error.HTTPError:
                 return  # it answers (300 Multiple Choices for the version documents)
@@ -340,30 +461,39 @@ class Rig:
         body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
             "name": "admin", "domain": {"name": "Default"}, "password": password}}},
             "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}
-        req = urllib.request.Request(self.auth_url + "/auth/tokens", method="POST",  # noqa: S310
+        req = urllib.request.Request(self.auth_url + "/auth/tokens", method="POST",
                                      data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=30) as resp:
             self.project_id = json.load(resp)["token"]["project"]["id"]
             return str(resp.headers["X-Subject-Token"])
 
     def api(self, method: str, url: str, body: Any = None) -> Any:
         """A JSON request with an admin token; returns the decoded answer (or None)."""
-        req = urllib.request.Request(url, method=method,  # noqa: S310
+        req = urllib.request.Request(url, method=method,
                                      data=None if body is None else json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json",
                                               "X-Auth-Token": self.token()})
-        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=60) as resp:
             data = resp.read()
         return json.loads(data) if data else None
 
     def _register_catalog(self) -> None:
         ident = self.auth_url
+        # Services call each other with a service token (Nova → Cinder): keystonemiddleware
+        # accepts one only from a user with the "service" role (bootstrap made the role).
+        user = self.api("GET", ident + "/users?name=admin")["users"][0]["id"]
+        role = self.api("GET", ident + "/roles?name=service")["roles"][0]["id"]
+        self.api("PUT", f"{ident}/projects/{self.project_id}/users/{user}/roles/{role}")
         self.api("POST", ident + "/regions", {"region": {"id": "RegionTwo"}})
         entries = [("glance", "image", "RegionOne", self.url("glance")),
                    ("glance", "image", "RegionTwo", self.url("glance2")),
                    ("cinderv3", "volumev3", "RegionOne",
                     self.url("cinder") + "/v3/$(project_id)s")]
+        if self.nova:
+            entries += [("placement", "placement", "RegionOne", self.url("placement")),
+                        ("neutron", "network", "RegionOne", self.url("neutron")),
+                        ("nova", "compute", "RegionOne", self.url("nova") + "/v2.1")]
         services: dict[str, str] = {}
         for name, kind, region, url in entries:
             if kind not in services:
@@ -389,6 +519,23 @@ class Rig:
         raise RuntimeError(f"Cinder zones {sorted(seen)} after {timeout:g} s, want {AZS}:\n"
                            f"{self.tail('cinder')}")
 
+    def _wait_compute(self, timeout: float = 120) -> None:
+        """Until the fake compute node is a hypervisor the scheduler can place on; then make
+        the flavors the tests use."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hypervisors = self.api("GET", self.url("nova") + "/v2.1/os-hypervisors")
+            if hypervisors["hypervisors"]:
+                break
+            time.sleep(1)
+        else:
+            raise RuntimeError(f"no hypervisor after {timeout:g} s:\n{self.tail('nova')}")
+        for name, ram, disk in (("m1.small", 512, 1), ("m1.medium", 2048, 10)):
+            self.api("POST", self.url("nova") + "/v2.1/flavors", {"flavor": {
+                "name": name, "ram": ram, "vcpus": 1, "disk": disk}})
+        self.network_id = self.api("POST", self.url("neutron") + "/v2.0/networks", {
+            "network": {"name": "rig-net"}})["network"]["id"]
+
     # -- reading what the services stored -------------------------------------------------
     def glance_file(self, image_id: str, name: str = "glance") -> Path:
         return self.top / name / "images" / image_id
@@ -411,9 +558,9 @@ class Rig:
 
 
 @contextlib.contextmanager
-def running(top: Path) -> Iterator[Rig]:
+def running(top: Path, nova: bool = True) -> Iterator[Rig]:
     """A started rig in ``top``, stopped (every process group killed) on exit."""
-    rig = Rig(top)
+    rig = Rig(top, nova=nova)
     try:
         rig.start()
     except Exception:

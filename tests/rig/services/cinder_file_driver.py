@@ -7,6 +7,7 @@ device-mapper on the test host, so no LVM backend: each volume is a sparse file
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -40,10 +41,8 @@ class FileVolumeDriver(fake_driver.FakeLoggingVolumeDriver):  # type: ignore[mis
         return update
 
     def delete_volume(self, volume: Any) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.local_path(volume))
-        except FileNotFoundError:
-            pass
 
     def copy_image_to_volume(self, context: Any, volume: Any, image_service: Any,
                              image_id: str, disable_sparse: bool = False) -> None:
