@@ -38,7 +38,6 @@ def main() -> None:
     sys.argv = [sys.argv[0]]  # nova parses sys.argv as its command line
     app = wsgi_app.init_application("osapi_compute", "nova-aio")
 
-    # Nova loads compute drivers from the nova.virt package only: put the rig's there.
     import nova_rig_driver  # type: ignore[import-not-found]
     import os_vif  # type: ignore[import-not-found]
     from nova import privsep, service  # type: ignore[import-not-found]
@@ -46,6 +45,7 @@ def main() -> None:
     from nova.conductor import rpcapi as conductor_rpcapi  # type: ignore[import-not-found]
     from nova.scheduler import rpcapi as scheduler_rpcapi  # type: ignore[import-not-found]
 
+    # Nova loads compute drivers from the nova.virt package only: put the rig's there.
     sys.modules["nova.virt.nova_rig_driver"] = nova_rig_driver
     # The rig runs as root: privileged helpers run in-process (there is no sudo here).
     privsep.sys_admin_pctxt.set_client_mode(False)
