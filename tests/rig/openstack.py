@@ -468,12 +468,13 @@ class Rig:
             self.project_id = json.load(resp)["token"]["project"]["id"]
             return str(resp.headers["X-Subject-Token"])
 
-    def api(self, method: str, url: str, body: Any = None) -> Any:
+    def api(self, method: str, url: str, body: Any = None,
+            headers: dict[str, str] | None = None) -> Any:
         """A JSON request with an admin token; returns the decoded answer (or None)."""
         req = urllib.request.Request(url, method=method,
                                      data=None if body is None else json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json",
-                                              "X-Auth-Token": self.token()})
+                                              "X-Auth-Token": self.token(), **(headers or {})})
         with urllib.request.urlopen(req, timeout=60) as resp:
             data = resp.read()
         return json.loads(data) if data else None
@@ -536,9 +537,19 @@ class Rig:
         self.network_id = self.api("POST", self.url("neutron") + "/v2.0/networks", {
             "network": {"name": "rig-net"}})["network"]["id"]
 
+    def download(self, url: str, dest: Path) -> Path:
+        """GET ``url`` (with an admin token) into the file ``dest``."""
+        req = urllib.request.Request(url, headers={"X-Auth-Token": self.token()})
+        with urllib.request.urlopen(req, timeout=300) as resp, open(dest, "wb") as out:
+            shutil.copyfileobj(resp, out, 1 << 20)
+        return dest
+
     # -- reading what the services stored -------------------------------------------------
     def glance_file(self, image_id: str, name: str = "glance") -> Path:
         return self.top / name / "images" / image_id
+
+    def volume_file_exists(self, volume_id: str) -> bool:
+        return any((self.top / "cinder").glob(f"volumes-*/volume-{volume_id}"))
 
     def volume_file(self, volume_id: str) -> Path:
         found = list((self.top / "cinder").glob(f"volumes-*/volume-{volume_id}"))

@@ -1,0 +1,315 @@
+"""upload / volume / boot / cleanup against the real services of tests/rig/openstack.py, and
+write-volume into a real loop device.
+
+The image is the bullseye i386 legacy fixture, built and converted once per session
+(tests/conftest.py ``converted``), copied so that trimming it does not touch the shared one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import (
+    P2VIMAGE,
+    REPO,
+    Converted,
+    assert_one_line_error,
+    is_root,
+    needs_root,
+    p2v,
+)
+from tests.rig.openstack import Rig, running
+
+pytestmark = [pytest.mark.slow, pytest.mark.root, needs_root]
+rig_test = pytest.mark.openstack
+MiB = 1 << 20
+HOST = "legacy1"
+
+
+def _hashes(path: Path) -> tuple[str, str]:
+    md5, sha512 = hashlib.md5(usedforsecurity=False), hashlib.sha512()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            md5.update(chunk)
+            sha512.update(chunk)
+    return md5.hexdigest(), sha512.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def cloud_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    """Keystone, two Glances, Cinder, Placement, Neutron and Nova, once per session."""
+    if not is_root():
+        pytest.skip("the rig runs as root")
+    with running(tmp_path_factory.mktemp("openstack")) as rig:
+        print(f"openstack rig in {rig.top}: {rig.timings}")
+        yield rig
+
+
+@pytest.fixture(scope="session")
+def legacy_image(converted: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the converted bullseye i386 image, named after the host."""
+    conv: Converted = converted("bullseye-i386")
+    dest = tmp_path_factory.mktemp("cloud") / f"{HOST}.img"
+    subprocess.run(["cp", "--sparse=always", conv.image, dest], check=True)
+    return dest
+
+
+def _cli(rig: Rig, *args: str | os.PathLike[str]) -> dict[str, Any]:
+    proc = p2v("--json", *args, env=rig.env)
+    assert proc.returncode == 0, f"{proc.stderr}\n{rig.tail(lines=15)}"
+    return dict(json.loads(proc.stdout))
+
+
+@pytest.fixture(scope="module")
+def uploaded(cloud_rig: Rig, legacy_image: Path) -> dict[str, Any]:
+    return _cli(cloud_rig, "upload", legacy_image, "--os-cloud", "rig", "--name", HOST)
+
+
+@pytest.fixture(scope="module")
+def volume(cloud_rig: Rig, uploaded: dict[str, Any]) -> dict[str, Any]:
+    return _cli(cloud_rig, "volume", "--image", uploaded["image_id"], "--az", "az2",
+                "--os-cloud", "rig")
+
+
+@pytest.fixture(scope="module")
+def server(cloud_rig: Rig, volume: dict[str, Any]) -> dict[str, Any]:
+    return _cli(cloud_rig, "boot", "--volume", volume["volume_id"], "--flavor", "m1.small",
+                "--network", "none", "--az", "nova", "--os-cloud", "rig")
+
+
+@rig_test
+def test_upload_glance_hashes_equal_local_and_download_equals(
+        cloud_rig: Rig, legacy_image: Path, uploaded: dict[str, Any], tmp_path: Path) -> None:
+    assert uploaded["status"] == "active" and uploaded["hash_verified"]
+    assert uploaded["disk_format"] == "qcow2" and uploaded["compression"] == "zstd"
+    assert uploaded["bytes_sent"] == uploaded["file_size"]
+    image = cloud_rig.api("GET", f"{cloud_rig.url('glance')}/v2/images/{uploaded['image_id']}")
+    stored = cloud_rig.glance_file(uploaded["image_id"])
+    assert image["checksum"] == uploaded["md5"] == _hashes(stored)[0]
+    assert image["os_hash_algo"] == "sha512"
+    assert image["os_hash_value"] == uploaded["sha512"] == _hashes(stored)[1]
+    assert image["size"] == uploaded["file_size"] == stored.stat().st_size
+    for key, value in {"os_distro": "debian", "os_version": "11", "architecture": "i686",
+                       "hw_disk_bus": "virtio", "hw_vif_model": "virtio",
+                       "hw_machine_type": "pc"}.items():
+        assert image[key] == value, key
+    assert f"p2vimage:host={HOST}" in image["tags"]
+    assert f"p2vimage:run={uploaded['run']}" in image["tags"]
+    # what Glance serves is what was sent, and it is the (trimmed) raw image, block for block
+    got = cloud_rig.download(f"{cloud_rig.url('glance')}/v2/images/{image['id']}/file",
+                             tmp_path / "download.qcow2")
+    assert _hashes(got) == (uploaded["md5"], uploaded["sha512"])
+    compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", got,
+                              legacy_image], capture_output=True, text=True, check=False)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    # the upload sent the compressed image, far less than the raw image holds
+    assert uploaded["bytes_sent"] < uploaded["raw_allocated"]
+
+
+@rig_test
+def test_volume_in_the_zone_is_byte_identical(cloud_rig: Rig, legacy_image: Path,
+                                             volume: dict[str, Any]) -> None:
+    assert volume["status"] == "available" and volume["bootable"]
+    assert volume["availability_zone"] == "az2"
+    record = cloud_rig.api("GET", f"{cloud_rig.url('cinder')}/v3/{cloud_rig.project_id}"
+                                  f"/volumes/{volume['volume_id']}")["volume"]
+    assert record["availability_zone"] == "az2" and record["bootable"] == "true"
+    assert record["os-vol-host-attr:host"].startswith("rig@file-b")  # az2's backend
+    assert record["metadata"]["p2vimage:host"] == HOST
+    assert record["volume_image_metadata"]["image_id"] == volume["image_id"]
+    backing = cloud_rig.volume_file(volume["volume_id"])
+    size = legacy_image.stat().st_size
+    assert backing.stat().st_size == volume["size_gb"] << 30 >= size
+    with open(backing, "rb") as vol, open(legacy_image, "rb") as raw:
+        pos = 0
+        while pos < size:
+            want = raw.read(4 * MiB)
+            assert vol.read(len(want)) == want, f"differs in the MiB at {pos // MiB}"
+            pos += len(want)
+        rest = os.lseek(vol.fileno(), 0, os.SEEK_END) - size
+        vol.seek(size)
+        while rest > 0:
+            block = vol.read(min(rest, 8 * MiB))
+            assert block.count(0) == len(block), "data after the image"
+            rest -= len(block)
+
+
+@rig_test
+def test_server_active_booted_from_the_volume(cloud_rig: Rig, volume: dict[str, Any],
+                                             server: dict[str, Any]) -> None:
+    assert server["status"] == "ACTIVE"
+    assert server["attached_volumes"] == [volume["volume_id"]]
+    nova = cloud_rig.url("nova") + "/v2.1"
+    body = cloud_rig.api("GET", f"{nova}/servers/{server['server_id']}",
+                         headers={"OpenStack-API-Version": "compute 2.79"})["server"]
+    assert body["status"] == "ACTIVE" and body["image"] == ""  # booted from a volume
+    assert body["os-extended-volumes:volumes_attached"] == [
+        {"id": volume["volume_id"], "delete_on_termination": False}]
+    root = body["OS-EXT-SRV-ATTR:root_device_name"]
+    assert body["metadata"] == {"p2vimage:host": HOST, "p2vimage:run": server["run"]}
+    attachments = cloud_rig.api("GET", f"{nova}/servers/{server['server_id']}"
+                                       "/os-volume_attachments")["volumeAttachments"]
+    # the volume is the root disk: boot_index 0 (the fake driver names it sda, libvirt with
+    # hw_disk_bus=virtio vda)
+    assert [(a["volumeId"], a["device"]) for a in attachments] == [(volume["volume_id"], root)]
+
+
+@rig_test
+def test_upload_with_import_checks_the_import(cloud_rig: Rig, legacy_image: Path) -> None:
+    report = _cli(cloud_rig, "upload", legacy_image, "--os-cloud", "rig", "--name",
+                  "imported", "--host", "import-test", "--use-import", "--no-trim")
+    assert report["status"] == "active" and report["hash_verified"]
+    assert _hashes(cloud_rig.glance_file(report["image_id"])) == (report["md5"],
+                                                                  report["sha512"])
+    _cli(cloud_rig, "cloud", "cleanup", "--host", "import-test", "--os-cloud", "rig")
+
+
+def _images(rig: Rig, name: str, glance: str = "glance") -> list[dict[str, Any]]:
+    return list(rig.api("GET", f"{rig.url(glance)}/v2/images?name={name}")["images"])
+
+
+@rig_test
+def test_glance_killed_mid_upload(cloud_rig: Rig, legacy_image: Path) -> None:
+    """Glance's worker dies while the image streams in: one line, the partial image deleted,
+    and the same command succeeds (uWSGI has started a new worker)."""
+    name = f"killed-{uuid.uuid4().hex[:6]}"
+    argv = ["upload", legacy_image, "--os-cloud", "rig", "--name", name, "--host",
+            "kill-test", "--disk-format", "raw", "--no-trim"]
+    store = cloud_rig.top / "glance/images"
+    before = set(store.iterdir())
+    proc = subprocess.Popen([*P2VIMAGE, *map(str, argv)], env=cloud_rig.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        growing = [p for p in set(store.iterdir()) - before if p.stat().st_size > 8 * MiB]
+        if growing:
+            assert cloud_rig.kill_glance_worker() >= 1
+            break
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=300)
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert_one_line_error(result, 1, "connection to the image service", "broke",
+                          "the partial image was deleted")
+    assert _images(cloud_rig, name) == []
+    again = _cli(cloud_rig, *argv)
+    assert again["status"] == "active" and again["hash_verified"]
+    assert [i["id"] for i in _images(cloud_rig, name)] == [again["image_id"]]
+    _cli(cloud_rig, "cloud", "cleanup", "--host", "kill-test", "--os-cloud", "rig")
+
+
+@rig_test
+def test_errors_are_one_line_each(cloud_rig: Rig, legacy_image: Path,
+                                  uploaded: dict[str, Any]) -> None:
+    def fails(code: int, *args: str | os.PathLike[str], words: tuple[str, ...]) -> None:
+        assert_one_line_error(p2v(*args, env=cloud_rig.env), code, *words)
+
+    image = uploaded["image_id"]
+    fails(2, "volume", "--image", image, "--os-cloud", "nosuch",
+          words=("cloud 'nosuch' is not defined",))
+    fails(3, "volume", "--image", image, "--os-cloud", "rig-badpass",
+          words=("refused the credentials",))
+    fails(3, "upload", legacy_image, "--os-cloud", "rig-small", "--name", "too-big",
+          "--host", "quota-test", words=("HTTP 413", "the partial image was deleted"))
+    assert _images(cloud_rig, "too-big", "glance2") == []
+    fails(2, "volume", "--image", "no-such-image", "--os-cloud", "rig",
+          words=("no image 'no-such-image'",))
+    fails(2, "volume", "--image", image, "--az", "az9", "--os-cloud", "rig",
+          words=("no volume availability zone 'az9'", "az2, nova"))
+    spare = _cli(cloud_rig, "volume", "--image", image, "--host", "error-test", "--os-cloud",
+                 "rig")["volume_id"]
+    boot = ("boot", "--volume", spare, "--os-cloud", "rig")
+    fails(2, *boot, "--flavor", "m9.huge", "--network", "none",
+          words=("no flavor 'm9.huge'", "m1.small"))
+    fails(2, *boot, "--flavor", "m1.small", "--network", "none", "--az", "az9",
+          words=("no compute availability zone 'az9'",))
+    fails(2, *boot, "--flavor", "m1.small", "--network", "no-such-net",
+          words=("no network 'no-such-net'", "rig-net"))
+    _cli(cloud_rig, "cloud", "cleanup", "--host", "error-test", "--os-cloud", "rig")
+
+
+@rig_test
+def test_cleanup_finds_and_deletes_what_the_run_made(
+        cloud_rig: Rig, uploaded: dict[str, Any], volume: dict[str, Any],
+        server: dict[str, Any]) -> None:
+    """Last in this file: it deletes the server, volume and image the tests above made."""
+    dry = _cli(cloud_rig, "cloud", "cleanup", "--host", HOST, "--os-cloud", "rig",
+               "--dry-run")
+    found = {kind: [r["id"] for r in items] for kind, items in dry["found"].items()}
+    assert found == {"servers": [server["server_id"]], "volumes": [volume["volume_id"]],
+                     "images": [uploaded["image_id"]]}
+    assert cloud_rig.api("GET", f"{cloud_rig.url('nova')}/v2.1/servers/"
+                                f"{server['server_id']}")["server"]["status"] == "ACTIVE"
+    done = _cli(cloud_rig, "cloud", "cleanup", "--host", HOST, "--os-cloud", "rig")
+    assert done["found"] == dry["found"]
+    again = _cli(cloud_rig, "cloud", "cleanup", "--host", HOST, "--os-cloud", "rig")
+    assert again["found"] == {"servers": [], "volumes": [], "images": []}
+    assert not cloud_rig.volume_file_exists(volume["volume_id"])
+
+
+# -- write-volume into a real block device -------------------------------------------------
+
+
+@contextlib.contextmanager
+def _loop(backing: Path) -> Iterator[Path]:
+    dev = subprocess.run(["losetup", "-f", "--show", backing], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    try:
+        yield Path(dev)
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def _image_with_holes(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset in (0, 7 * MiB + 4096, size - 3 * MiB):
+            f.seek(offset)
+            f.write(os.urandom(2 * MiB))
+
+
+def test_write_volume_into_a_loop_device(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    _image_with_holes(image, 40 * MiB)
+    backing = tmp_path / "device"
+    backing.write_bytes(os.urandom(48 * MiB))  # the old data of a reused volume
+    with _loop(backing) as dev:
+        proc = p2v("--json", "write-volume", image, dev)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["verified"] and report["block_device"]
+        assert report["data_bytes"] < 10 * MiB and report["zeroed_bytes"] > 30 * MiB
+        with open(dev, "rb") as f:
+            assert f.read(40 * MiB) == image.read_bytes()
+            tail = f.read()
+        assert len(tail) == 8 * MiB and tail == backing.read_bytes()[40 * MiB:]  # untouched
+
+
+def test_write_volume_refuses_small_or_mounted_devices(tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    _image_with_holes(image, 40 * MiB)
+    small = tmp_path / "small"
+    small.write_bytes(bytes(16 * MiB))
+    with _loop(small) as dev:
+        assert_one_line_error(p2v("write-volume", image, dev), 2, "less than the image")
+    big = tmp_path / "big"
+    big.write_bytes(bytes(48 * MiB))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with _loop(big) as dev:
+        subprocess.run(["mke2fs", "-q", "-t", "ext2", dev], check=True)
+        subprocess.run(["mount", dev, mnt], check=True)
+        try:
+            assert_one_line_error(p2v("write-volume", image, dev), 3, "mounted")
+        finally:
+            subprocess.run(["umount", mnt], check=True)
