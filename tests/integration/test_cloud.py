@@ -29,7 +29,7 @@ from tests.conftest import (
     needs_root,
     p2v,
 )
-from tests.rig.openstack import Rig, running
+from tests.rig.openstack import PASSWORD, Rig, running
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, needs_root]
 rig_test = pytest.mark.openstack
@@ -219,6 +219,14 @@ def test_errors_are_one_line_each(cloud_rig: Rig, legacy_image: Path,
           words=("cloud 'nosuch' is not defined",))
     fails(3, "volume", "--image", image, "--os-cloud", "rig-badpass",
           words=("refused the credentials",))
+    # --debug shows tracebacks and every request, never a password or a token
+    for cloud_name in ("rig-badpass", "rig"):
+        proc = p2v("--debug", "volume", "--image", "no-such-image", "--os-cloud", cloud_name,
+                   env=cloud_rig.env)
+        assert proc.returncode != 0 and "Traceback" in proc.stderr
+        shown = proc.stdout + proc.stderr
+        assert PASSWORD not in shown and "not-the-password" not in shown
+        assert "gAAAAA" not in shown  # a fernet token
     fails(3, "upload", legacy_image, "--os-cloud", "rig-small", "--name", "too-big",
           "--host", "quota-test", words=("HTTP 413", "the partial image was deleted"))
     assert _images(cloud_rig, "too-big", "glance2") == []

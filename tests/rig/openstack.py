@@ -91,6 +91,9 @@ def ensure_venv() -> tuple[Path, float]:
         (tmp / ".complete").write_text(f"{time.monotonic() - started:.1f}\n")
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
+        for stale in final.parent.glob("venv-*"):  # made from an older pin list
+            if stale != final:
+                shutil.rmtree(stale, ignore_errors=True)
         return final, time.monotonic() - started
 
 
@@ -441,7 +444,7 @@ class Rig:
             os.kill(pid, signal.SIGKILL)
         return len(workers)
 
-    def wait_http(self, name: str, timeout: float = 120) -> None:
+    def wait_http(self, name: str, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             proc = self.procs[name]
@@ -505,7 +508,7 @@ class Rig:
                     "service_id": services[kind], "interface": iface, "url": url,
                     "region_id": region}})
 
-    def _wait_zones(self, timeout: float = 90) -> None:
+    def _wait_zones(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         seen: set[str] = set()
         while time.monotonic() < deadline:
@@ -520,7 +523,7 @@ class Rig:
         raise RuntimeError(f"Cinder zones {sorted(seen)} after {timeout:g} s, want {AZS}:\n"
                            f"{self.tail('cinder')}")
 
-    def _wait_compute(self, timeout: float = 120) -> None:
+    def _wait_compute(self, timeout: float = 300) -> None:
         """Until the fake compute node is a hypervisor the scheduler can place on; then make
         the flavors the tests use."""
         deadline = time.monotonic() + timeout
