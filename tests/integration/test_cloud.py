@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -54,6 +55,9 @@ def cloud_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     with running(tmp_path_factory.mktemp("openstack")) as rig:
         print(f"openstack rig in {rig.top}: {rig.timings}")
         yield rig
+    # the logs stay for a look afterwards; the stored images and volumes (GiBs) go
+    for store in [*rig.top.glob("glance*/images"), *rig.top.glob("cinder/volumes-*")]:
+        shutil.rmtree(store, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
