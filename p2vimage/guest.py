@@ -15,11 +15,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from p2vimage import run as runmod
 from p2vimage.accel import Accel
 from p2vimage.errors import PreconditionError, StageError
 from p2vimage.log import log
 
 _LAUNCHES = [0]
+LAUNCH_BUDGET = 300  # seconds; a launch takes 8–20 s under TCG
+SESSION_BUDGET = 1500  # seconds; a convert with an appliance initramfs rebuild takes ~600
 READ_LIMIT = 2 << 20  # bigger files are downloaded, not read over the protocol
 
 
@@ -45,35 +48,67 @@ class Guest:
                  memsize: int = 1024, image_format: str = "raw") -> None:
         self.image = image
         self.readonly = readonly
+        self._setup: list[tuple[str, tuple[tuple[Any, ...], dict[str, Any]]]] = [
+            ("set_backend", (("direct",), {})),
+            ("set_backend_settings", ((["force_tcg"] if accel.guestfs == "tcg" else [],), {})),
+            ("set_smp", ((smp,), {})), ("set_memsize", ((memsize,), {})),
+            ("add_drive_opts", ((os.fspath(image),),
+                                {"format": image_format, "readonly": readonly})),
+        ]
         g = _guestfs().GuestFS(python_return_dict=True)
-        g.set_backend("direct")
-        g.set_backend_settings(["force_tcg"] if accel.guestfs == "tcg" else [])
-        g.set_smp(smp)
-        g.set_memsize(memsize)
-        g.add_drive_opts(os.fspath(image), format=image_format, readonly=readonly)
+        for call, args in self._setup:
+            getattr(g, call)(*args[0], **args[1])
         self.g = g
         self._dirs: dict[str, dict[str, str]] = {}
         self._files: dict[str, bytes] = {}
         self.root_device = ""
 
     def __enter__(self) -> Guest:
-        try:
-            self.g.launch()
-        except RuntimeError as exc:
-            self.g.close()
-            raise StageError(f"libguestfs could not open {self.image}: {exc}",
-                             hint="run 'p2vimage doctor' and 'libguestfs-test-tool'") from exc
+        # An appliance under TCG on a loaded host has hung in launch (seen once in CI); its
+        # calls hold the GIL, so a watchdog process kills a hung one and launch is tried again.
+        for attempt in (1, 2):
+            with runmod.watchdog(LAUNCH_BUDGET) as dog:
+                try:
+                    self.g.launch()
+                    break
+                except RuntimeError as exc:
+                    fired = dog.poll() is not None and dog.returncode == 0
+                    if fired and attempt == 1:
+                        log.warning("warning: the libguestfs appliance hung for %d s at "
+                                    "launch; trying once more", LAUNCH_BUDGET)
+                        self._reopen()
+                        continue
+                    self.g.close()
+                    raise StageError(f"libguestfs could not open {self.image}: {exc}",
+                                     hint="run 'p2vimage doctor' and 'libguestfs-test-tool'"
+                                     ) from exc
         _LAUNCHES[0] += 1
         log.debug("libguestfs appliance launched for %s (launch %d)", self.image, launches())
+        self._dog = runmod.watchdog(SESSION_BUDGET)
+        self._dog_proc = self._dog.__enter__()
         return self
+
+    def _reopen(self) -> None:
+        self.g.close()
+        g = _guestfs().GuestFS(python_return_dict=True)
+        for call, args in self._setup:
+            getattr(g, call)(*args[0], **args[1])
+        self.g = g
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        fired = self._dog_proc.poll() is not None and self._dog_proc.returncode == 0
+        self._dog.__exit__(None, None, None)
         with contextlib.suppress(RuntimeError):
             if not self.readonly and kind is None:
                 self.g.sync()
             self.g.shutdown()
         self.g.close()
+        if fired and (kind is None or issubclass(kind, RuntimeError)):
+            raise StageError(f"the libguestfs appliance for {self.image} stopped answering "
+                             f"and was stopped after {SESSION_BUDGET} s",
+                             hint="run the same command again; if it hangs again, run "
+                                  "'libguestfs-test-tool'") from exc
 
     # -- inspection -------------------------------------------------------------------
     def filesystems(self) -> dict[str, str]:

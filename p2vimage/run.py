@@ -7,6 +7,7 @@ missing binary becomes a :class:`PreconditionError` that names the Debian packag
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -14,7 +15,7 @@ import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,29 @@ def popen(
 def last_line(text: str | bytes | None) -> str:
     """The last non-empty line of a tool's output (for one-line error messages)."""
     return _last_line(text)
+
+
+_WATCHDOG = """sleep "$1"; fired=3; for p in /proc/[0-9]*; do
+  read -r _ comm _ ppid _ < "$p/stat" 2>/dev/null || continue
+  case "$ppid:$comm" in "$2:(qemu"*) kill -9 "${p#/proc/}" && fired=0;; esac
+done; exit $fired"""
+
+
+@contextlib.contextmanager
+def watchdog(seconds: float) -> Iterator[subprocess.Popen[bytes]]:
+    """SIGKILL this process's qemu children if the block runs longer than ``seconds``.
+
+    For libguestfs, whose calls hold Python's GIL (no thread can time them out): a killed
+    appliance makes the pending call fail. The watchdog exits 0 when it killed something;
+    it is stopped when the block ends.
+    """
+    proc = popen(["sh", "-c", _WATCHDOG, "watchdog", f"{seconds:.0f}", str(os.getpid())])
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
