@@ -22,16 +22,25 @@ def test_sync_from_live_vm_then_convert_and_smoke(converted: Callable[[str], Con
     fixture = converted("bullseye-i386")
     staging, work = tmp_path / "staging", tmp_path / "work"
     with live_vm(fixture.image, tmp_path) as vm:
-        marker = vm.ssh("echo written-while-live | tee /root/live-marker > /var/www/live.html"
-                        " && cat /proc/mounts")
+        # a second local disk filesystem (crossed, like the seed's seven partitions) and a
+        # tmpfs (only its mount point kept), mounted while the host runs
+        marker = vm.ssh(
+            "set -e; echo written-while-live | tee /root/live-marker > /var/www/live.html; "
+            "dd if=/dev/zero of=/var/part.img bs=1M count=16 2>/dev/null; "
+            "mkfs.ext3 -q -F /var/part.img; mkdir -p /srv/part /srv/scratch; "
+            "mount -o loop /var/part.img /srv/part; echo on-another-fs > /srv/part/file; "
+            "mount -t tmpfs tmpfs /srv/scratch; echo in-tmpfs > /srv/scratch/file; "
+            "cat /proc/mounts")
         assert marker.returncode == 0, marker.stderr
         live_mounts = {line.split()[2] for line in marker.stdout.splitlines()}
         assert {"proc", "sysfs", "devtmpfs", "tmpfs"} <= live_mounts  # it is really live
         proc = p2v("--json", "--workdir", work, "sync", vm.url(), staging, *vm.args())
         assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
-    assert [m["mountpoint"] for m in report["crossed_mounts"]] == ["/"]
+    assert [m["mountpoint"] for m in report["crossed_mounts"]] == ["/", "/srv/part"]
     assert (staging / "root/live-marker").read_text() == "written-while-live\n"
+    assert (staging / "srv/part/file").read_text() == "on-another-fs\n"
+    assert (staging / "srv/scratch").is_dir() and os.listdir(staging / "srv/scratch") == []
     # nothing of the pseudo filesystems leaked in; their mount points are kept
     for pseudo in ("proc", "sys", "run", "dev"):
         assert (staging / pseudo).is_dir(), pseudo
