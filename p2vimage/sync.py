@@ -103,6 +103,7 @@ class SyncOptions:
     final: bool = False
     bwlimit: str | None = None
     identity: Path | None = None
+    ssh_config: Path | None = None  # instead of ~/.ssh/config (ssh -F)
     ssh_options: tuple[str, ...] = ()
     accept_new_host_key: bool = False
     timeout: int = 600  # rsync's I/O timeout: a cut connection fails instead of hanging
@@ -186,6 +187,8 @@ def ssh_argv(opts: SyncOptions) -> list[str]:
     """The ssh command (the user's ~/.ssh/config applies; host keys are checked)."""
     argv = ["ssh", "-o", "BatchMode=yes", "-o",
             f"StrictHostKeyChecking={'accept-new' if opts.accept_new_host_key else 'yes'}"]
+    if opts.ssh_config:
+        argv += ["-F", os.fspath(opts.ssh_config)]
     if opts.source.port:
         argv += ["-p", str(opts.source.port)]
     if opts.identity:

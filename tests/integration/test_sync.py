@@ -230,3 +230,23 @@ def test_connection_cut_mid_sync_then_rerun_completes(hard_tree: Path, tmp_path:
     assert p2v("build", staging, "-o", tmp_path / "a.img").returncode == 0
     result = json.loads(p2v("--json", "verify", "--strict", source, tmp_path / "a.img").stdout)
     assert result["differences"] == []  # no partial file, nothing missing
+
+
+def test_ssh_config_alias_and_jump_host(sshd: Sshd, hard_tree: Path, tmp_path: Path) -> None:
+    # The user's ssh config decides: a host alias with its port, user, key and known_hosts,
+    # and a second alias reached through a jump host (here the same sshd).
+    config = tmp_path / "ssh_config"
+    common = (f"  HostName 127.0.0.1\n  Port {sshd.port}\n  User root\n"
+              f"  IdentityFile {sshd.key}\n  IdentitiesOnly yes\n"
+              f"  UserKnownHostsFile {sshd.known_hosts}\n")
+    config.write_text(f"Host legacy-alias\n{common}"
+                      f"Host behind-gateway\n{common}  ProxyJump legacy-alias\n")
+    for alias in ("legacy-alias", "behind-gateway"):
+        staging = tmp_path / alias
+        proc = p2v("--json", "sync", f"ssh://{alias}{hard_tree}", staging,
+                   "--ssh-config", config)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert (staging / "etc/fstab").read_text() == (hard_tree / "etc/fstab").read_text()
+    # without the config the alias means nothing: one clear line
+    proc = p2v("sync", f"ssh://legacy-alias{hard_tree}", tmp_path / "none")
+    assert_one_line_error(proc, 3, "legacy-alias")
