@@ -244,20 +244,22 @@ def demo_cmd(settings: Settings) -> None:
               help="An ssh -o option (e.g. ProxyJump=gw). Repeatable.")
 @click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="An ssh config file to use instead of ~/.ssh/config (ssh -F).")
+@click.option("--rsync-path", help="The rsync command on the source, e.g. 'sudo rsync' when "
+              "logging in as a user who needs sudo to read everything.")
 @click.option("--accept-new-host-key", is_flag=True,
               help="Trust the host key of a host never seen before (a changed key is still "
               "refused).")
 @click.pass_obj
 def sync_cmd(settings: Settings, source: str, staging: Path, excludes: tuple[str, ...],
              profile: str, final: bool, bwlimit: str | None, identity: Path | None,
-             ssh_options: tuple[str, ...], ssh_config: Path | None,
+             ssh_options: tuple[str, ...], ssh_config: Path | None, rsync_path: str | None,
              accept_new_host_key: bool) -> None:
     """Copy SOURCE (ssh://[user@]host[:port]/[path] or a directory) into STAGING with rsync."""
     base = sync.SEED_PROFILE if profile == "seed" else ()
     opts = sync.SyncOptions(
         source=sync.parse_source(source), staging=staging, workdir=settings.workdir,
         excludes=(*base, *excludes), final=final, bwlimit=bwlimit, identity=identity,
-        ssh_options=ssh_options, ssh_config=ssh_config,
+        ssh_options=ssh_options, ssh_config=ssh_config, rsync_path=rsync_path,
         accept_new_host_key=accept_new_host_key)
     report = sync.sync(opts)
     stats = report["stats"]

@@ -104,6 +104,7 @@ class SyncOptions:
     bwlimit: str | None = None
     identity: Path | None = None
     ssh_config: Path | None = None  # instead of ~/.ssh/config (ssh -F)
+    rsync_path: str | None = None  # the remote rsync command, e.g. "sudo rsync"
     ssh_options: tuple[str, ...] = ()
     accept_new_host_key: bool = False
     timeout: int = 600  # rsync's I/O timeout: a cut connection fails instead of hanging
@@ -199,7 +200,7 @@ def ssh_argv(opts: SyncOptions) -> list[str]:
 
 
 _PROBE = ("cat /proc/mounts; echo @@@; uname -r; echo @@@; "
-          "(rsync --version 2>/dev/null || echo none) | head -n 1; echo @@@; "
+          "($P2V_RSYNC --version 2>/dev/null || echo none) | head -n 1; echo @@@; "
           "df -P -k 2>/dev/null; echo @@@; "
           'for f in boot/grub/menu.lst boot/grub/grub.cfg boot/grub2/grub.cfg '
           'boot/extlinux/extlinux.conf boot/syslinux/syslinux.cfg etc/lilo.conf; do '
@@ -232,7 +233,8 @@ def _ssh_error(opts: SyncOptions, stderr: str, code: int) -> Exception:
 def remote_facts(opts: SyncOptions) -> dict[str, Any]:
     """Mounts (with sizes), kernel, bootloader and rsync version of the source (over ssh,
     or locally)."""
-    script = f"P2V_ROOT={shlex.quote(opts.source.path.rstrip('/'))}; {_PROBE}"
+    script = (f"P2V_ROOT={shlex.quote(opts.source.path.rstrip('/'))}; "
+              f"P2V_RSYNC={shlex.quote(opts.rsync_path or 'rsync')}; {_PROBE}")
     if opts.source.remote:
         target = f"{opts.source.user + '@' if opts.source.user else ''}{opts.source.host}"
         proc = runmod.run([*ssh_argv(opts), target, "sh", "-c", shlex.quote(script)],
@@ -298,6 +300,8 @@ def rsync_argv(opts: SyncOptions, facts: dict[str, Any], excludes: list[str]) ->
         argv += ["-AX"]
     if opts.bwlimit:
         argv.append(f"--bwlimit={opts.bwlimit}")
+    if opts.rsync_path and opts.source.remote:
+        argv.append(f"--rsync-path={opts.rsync_path}")
     for pattern in (*ALWAYS, *excludes, *opts.excludes):
         argv.append(f"--exclude={pattern}")
     if opts.source.remote:

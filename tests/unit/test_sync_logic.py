@@ -65,8 +65,9 @@ def test_mounts_under_a_source_path() -> None:
 def test_rsync_argv_over_ssh() -> None:
     opts = SyncOptions(Source("ns1", "root", 2222, "/"), Path("/stage/ns1"),
                        identity=Path("/keys/id"), ssh_options=("ProxyJump=gw",),
-                       bwlimit="10m")
+                       bwlimit="10m", rsync_path="sudo -n rsync")
     argv = rsync_argv(opts, {"rsync_version": [3, 0, 3]}, ["/proc/*"])
+    assert "--rsync-path=sudo -n rsync" in argv
     assert argv[:6] == ["rsync", "-aHS", "--numeric-ids", "--delete", "--delete-excluded",
                         "--modify-window=-1"]
     assert "-AX" in argv and "--bwlimit=10m" in argv
