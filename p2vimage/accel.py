@@ -116,12 +116,7 @@ def probe_qemu(accel: str, cpu: str, timeout: float) -> tuple[bool, str]:
                 time.sleep(0.1)
             return False, f"no progress within {timeout:g} s (hung)"
         finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            runmod.stop(proc)
 
 
 _GUESTFS_PROBE = """
