@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from p2vimage import blockdev, cloud, upload
+from p2vimage import blockdev, upload
 
 
 def _cloud_option(f: click.decorators.FC) -> click.decorators.FC:
@@ -59,6 +59,7 @@ def register(group: click.Group) -> None:
                    run_id: str | None, dry_run: bool) -> None:
         """Trim IMAGE, convert it, upload it to Glance verifying md5 and sha512, with
         properties from the guest (virtio, os_distro, os_version, architecture)."""
+        from p2vimage import cloud  # openstacksdk takes 0.14 s to import
         opts = cloud.UploadOptions(
             image=image, cloud=os_cloud, name=name, host=host or image.stem,
             run=run_id or cloud.run_id(), disk_format=disk_format,
@@ -85,6 +86,7 @@ def register(group: click.Group) -> None:
                    os_cloud: str | None, host: str | None, run_id: str | None,
                    dry_run: bool) -> None:
         """A bootable Cinder volume from a Glance image, in an availability zone."""
+        from p2vimage import cloud  # openstacksdk takes 0.14 s to import
         opts = cloud.VolumeOptions(
             cloud=os_cloud, image=image, az=az, size_gb=size_gb, name=name, host=host,
             run=run_id or cloud.run_id(), volume_type=volume_type, timeout=timeout,
@@ -112,6 +114,7 @@ def register(group: click.Group) -> None:
                  name: str | None, timeout: int, os_cloud: str | None, host: str | None,
                  run_id: str | None, dry_run: bool) -> None:
         """A Nova server booted from the volume (kept when the server is deleted)."""
+        from p2vimage import cloud  # openstacksdk takes 0.14 s to import
         opts = cloud.BootOptions(
             cloud=os_cloud, volume=volume, flavor=flavor, key=key, az=az, network=network,
             security_groups=security_groups, name=name, host=host,
@@ -143,5 +146,6 @@ def register(group: click.Group) -> None:
     def cleanup_cmd(settings: Settings, host: str, run_id: str | None, os_cloud: str | None,
                     dry_run: bool) -> None:
         """Find the servers, volumes and images p2vimage made for HOST and delete them."""
+        from p2vimage import cloud  # openstacksdk takes 0.14 s to import
         report = cloud.cleanup(os_cloud, host, run_id, dry_run=dry_run)
         _emit(settings, report, cloud.cleanup_lines(report))
