@@ -191,11 +191,19 @@ def smoke_cmd(settings: Settings, image_path: Path, probes: tuple[smoke.Probe, .
 
 
 @cli.command("run")
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="The image to make.")
-@click.option("--from", "first", type=click.Choice(pipeline.STAGES), default="build",
-              show_default=True, help="First stage to run.")
+@click.option("--staging", type=click.Path(path_type=Path, file_okay=False),
+              help="With an ssh:// SOURCE: the staging tree the sync stage fills.")
+@click.option("--identity", type=click.Path(path_type=Path, dir_okay=False),
+              help="sync: ssh identity file.")
+@click.option("--ssh-option", "ssh_options", multiple=True, metavar="OPTION",
+              help="sync: an ssh -o option. Repeatable.")
+@click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="sync: an ssh config file instead of ~/.ssh/config.")
+@click.option("--from", "first", type=click.Choice(pipeline.STAGES), default=None,
+              help="First stage to run (default: sync for an ssh:// SOURCE, else build).")
 @click.option("--until", "last", type=click.Choice(pipeline.STAGES), default="smoke",
               show_default=True, help="Last stage to run.")
 @click.option("--resume", is_flag=True, help="Skip stages whose stamp shows them done.")
@@ -206,12 +214,25 @@ def smoke_cmd(settings: Settings, image_path: Path, probes: tuple[smoke.Probe, .
 @click.option("--probe", "probes", type=ProbeType(), multiple=True,
               help="Smoke probes (see 'smoke --help'). Repeatable.")
 @click.pass_obj
-def run_cmd(settings: Settings, source: Path, output: Path, first: str, last: str,
-            resume: bool, force: bool, size: int | None, bootloader: str, root_device: str,
-            probes: tuple[smoke.Probe, ...]) -> None:
-    """The pipeline: SOURCE tree → built, converted, smoke-tested image."""
+def run_cmd(settings: Settings, source: str, output: Path, staging: Path | None,
+            identity: Path | None, ssh_options: tuple[str, ...], ssh_config: Path | None,
+            first: str | None, last: str, resume: bool, force: bool, size: int | None,
+            bootloader: str, root_device: str, probes: tuple[smoke.Probe, ...]) -> None:
+    """The pipeline: SOURCE (a tree, or ssh://[user@]host[:port]/ synced into --staging first)
+    → built, converted, smoke-tested image."""
+    sync_opts = None
+    if source.startswith("ssh://"):
+        if staging is None:
+            raise click.UsageError("an ssh:// SOURCE needs --staging DIR for the synced tree")
+        sync_opts = sync.SyncOptions(source=sync.parse_source(source), staging=staging,
+                                     identity=identity, ssh_options=ssh_options,
+                                     ssh_config=ssh_config)
+        tree = staging
+    else:
+        tree = Path(source)
     opts = pipeline.RunOptions(
-        source=source, image=output, workdir=settings.workdir, first=first, last=last,
+        source=tree, image=output, workdir=settings.workdir, first=first, last=last,
+        sync=sync_opts,
         resume=resume, force=force, build={"size": size} if size else {},
         convert={"bootloader": bootloader, "root_device": root_device},
         smoke={"probes": probes} if probes else {})

@@ -1,5 +1,6 @@
-"""``run``: build → convert → smoke for one host, each stage resumable from its stamp; and
-``demo``, the built-in example run end to end.
+"""``run``: [sync →] build → convert → smoke for one host, each stage resumable from its
+stamp; and ``demo``, the built-in example run end to end. The sync stage runs when the source
+is a host (``ssh://…``) and copies it into the staging tree that build then reads.
 
 A work directory (``--workdir``, default ``IMAGE.work``) keeps one stamp per finished stage:
 its options and the image's size and mtime right after it. ``--resume`` skips a stage whose
@@ -21,21 +22,24 @@ from typing import Any
 from p2vimage import convert as convertmod
 from p2vimage import image as imagemod
 from p2vimage import smoke as smokemod
+from p2vimage import sync as syncmod
 from p2vimage.errors import InputError
 from p2vimage.log import log, step
 
-STAGES = ("build", "convert", "smoke")
+STAGES = ("sync", "build", "convert", "smoke")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
-    """Settings of one pipeline run."""
+    """Settings of one pipeline run. With ``sync`` set (the SyncOptions of a host source),
+    the pipeline starts by syncing and builds from its staging tree."""
 
     source: Path
     image: Path
     workdir: Path | None = None
-    first: str = "build"
+    first: str | None = None  # default: the first stage that applies
     last: str = "smoke"
+    sync: syncmod.SyncOptions | None = None
     resume: bool = False
     force: bool = False
     build: dict[str, Any] = dataclasses.field(default_factory=dict)  # BuildOptions fields
@@ -78,7 +82,7 @@ def _done(opts: RunOptions, options: dict[str, dict[str, Any]]) -> dict[str, dic
     the last one that left the image exactly as it is now (a later stage that changed the
     image, or a crash half-way through one, makes the stages after it run again)."""
     chain: list[tuple[str, dict[str, Any]]] = []
-    for name in STAGES:
+    for name in (s for s in STAGES if s in options):
         stamp = _stamp(opts, name, options[name])
         if stamp is None:
             break
@@ -101,14 +105,19 @@ def _write_stamp(opts: RunOptions, stage: str, options: dict[str, Any],
 
 def run(opts: RunOptions) -> dict[str, Any]:
     """Run the stages from ``opts.first`` to ``opts.last``; return every stage's report."""
-    for name in (opts.first, opts.last):
-        if name not in STAGES:
-            raise InputError(f"unknown stage {name!r}", hint=f"stages: {', '.join(STAGES)}")
-    chosen = STAGES[STAGES.index(opts.first):STAGES.index(opts.last) + 1]
+    applicable = STAGES if opts.sync is not None else STAGES[1:]
+    first = opts.first or applicable[0]
+    for name in (first, opts.last):
+        if name not in applicable:
+            raise InputError(
+                f"stage {name!r} does not apply here" if name in STAGES
+                else f"unknown stage {name!r}",
+                hint=f"stages: {', '.join(applicable)} (sync only for an ssh:// source)")
+    chosen = applicable[applicable.index(first):applicable.index(opts.last) + 1]
     if not chosen:
-        raise InputError(f"--from {opts.first} comes after --until {opts.last}",
-                         hint=f"stages run in this order: {', '.join(STAGES)}")
-    if opts.first != "build" and not opts.image.exists():
+        raise InputError(f"--from {first} comes after --until {opts.last}",
+                         hint=f"stages run in this order: {', '.join(applicable)}")
+    if first not in ("sync", "build") and not opts.image.exists():
         raise InputError(f"image {opts.image} does not exist",
                          hint="run from the build stage first")
     stages: dict[str, tuple[dict[str, Any], Callable[[], dict[str, Any]]]] = {
@@ -119,10 +128,16 @@ def run(opts: RunOptions) -> dict[str, Any]:
             convertmod.ConvertOptions(image=opts.image, **opts.convert))),
         "smoke": ({k: str(v) for k, v in opts.smoke.items()}, lambda: _smoke(opts)),
     }
+    if opts.sync is not None:
+        sync_opts = opts.sync
+        stages["sync"] = ({"source": sync_opts.source.rsync_spec(),
+                           "staging": os.fspath(sync_opts.staging),
+                           "excludes": list(sync_opts.excludes)},
+                          lambda: syncmod.sync(sync_opts))
     results: dict[str, Any] = {"image": os.fspath(opts.image), "workdir": os.fspath(opts.work),
                                "stages": {}}
     started = time.monotonic()
-    done = _done(opts, {name: stages[name][0] for name in STAGES}) if opts.resume else {}
+    done = _done(opts, {name: stages[name][0] for name in applicable}) if opts.resume else {}
     for name in chosen:
         options, action = stages[name]
         stamp = done.get(name)
@@ -130,7 +145,7 @@ def run(opts: RunOptions) -> dict[str, Any]:
             log.info("‣ %s: done before (stamp %s), skipped", name, _stamp_path(opts, name))
             results["stages"][name] = {**stamp["report"], "skipped": True}
             continue
-        for later in STAGES[STAGES.index(name):]:  # a stage redone invalidates what follows
+        for later in applicable[applicable.index(name):]:  # a redone stage voids the rest
             _stamp_path(opts, later).unlink(missing_ok=True)
         with step(f"Stage {name}"):
             report = action()

@@ -50,3 +50,26 @@ def test_run_refuses_bad_slices(bullseye_tree: Path, tmp_path: Path) -> None:
     assert_one_line_error(proc, 2, "comes after")
     proc = p2v("run", bullseye_tree, "-o", tmp_path / "x.raw", "--from", "convert")
     assert_one_line_error(proc, 2, "does not exist")
+
+
+def test_run_from_a_host_syncs_first(bullseye_tree: Path, tmp_path: Path) -> None:
+    from tests.rig.sshd import start_sshd
+
+    proc, server = start_sshd(tmp_path / "sshd")
+    try:
+        image, work, staging = tmp_path / "ns1.raw", tmp_path / "work", tmp_path / "staging"
+        argv = ["--json", "--workdir", work, "run", server.url(bullseye_tree), "-o", image,
+                "--staging", staging, *server.args(), "--until", "convert"]
+        first = p2v(*argv)
+        assert first.returncode == 0, first.stderr[-2000:]
+        stages = json.loads(first.stdout)["stages"]
+        assert set(stages) == {"sync", "build", "convert"}  # (--json sorts the keys)
+        assert stages["sync"]["stats"]["files_transferred"] > 1000
+        assert (staging / "etc/fstab").read_bytes() == (bullseye_tree / "etc/fstab").read_bytes()
+        again = json.loads(p2v(*argv, "--resume").stdout)
+        assert all(again["stages"][s].get("skipped") for s in ("sync", "build", "convert"))
+    finally:
+        proc.kill()
+        proc.wait()
+    # without a staging tree an ssh:// source is a usage error
+    assert_one_line_error(p2v("run", "ssh://root@127.0.0.1/", "-o", image), 2, "--staging")
