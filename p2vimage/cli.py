@@ -190,18 +190,33 @@ def smoke_cmd(settings: Settings, image_path: Path, probes: tuple[smoke.Probe, .
         raise smoke.failure_error(report)
 
 
+def ssh_source_options(f: Any) -> Any:
+    """How to reach and read an ssh:// source (for sync, and run's sync stage); the parameter
+    names are SyncOptions fields."""
+    for option in reversed((
+        click.option("--identity", type=click.Path(path_type=Path, dir_okay=False),
+                     help="ssh identity file."),
+        click.option("--ssh-option", "ssh_options", multiple=True, metavar="OPTION",
+                     help="An ssh -o option (e.g. ProxyJump=gw). Repeatable."),
+        click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False,
+                                                     exists=True),
+                     help="An ssh config file to use instead of ~/.ssh/config (ssh -F)."),
+        click.option("--rsync-path", help="The rsync command on the source, e.g. 'sudo "
+                     "rsync' when logging in as a user who needs sudo to read everything."),
+        click.option("--accept-new-host-key", is_flag=True,
+                     help="Trust the host key of a host never seen before (a changed key is "
+                     "still refused)."))):
+        f = option(f)
+    return f
+
+
 @cli.command("run")
 @click.argument("source")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="The image to make.")
 @click.option("--staging", type=click.Path(path_type=Path, file_okay=False),
               help="With an ssh:// SOURCE: the staging tree the sync stage fills.")
-@click.option("--identity", type=click.Path(path_type=Path, dir_okay=False),
-              help="sync: ssh identity file.")
-@click.option("--ssh-option", "ssh_options", multiple=True, metavar="OPTION",
-              help="sync: an ssh -o option. Repeatable.")
-@click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="sync: an ssh config file instead of ~/.ssh/config.")
+@ssh_source_options
 @click.option("--from", "first", type=click.Choice(pipeline.STAGES), default=None,
               help="First stage to run (default: sync for an ssh:// SOURCE, else build).")
 @click.option("--until", "last", type=click.Choice(pipeline.STAGES), default="smoke",
@@ -214,19 +229,17 @@ def smoke_cmd(settings: Settings, image_path: Path, probes: tuple[smoke.Probe, .
 @click.option("--probe", "probes", type=ProbeType(), multiple=True,
               help="Smoke probes (see 'smoke --help'). Repeatable.")
 @click.pass_obj
-def run_cmd(settings: Settings, source: str, output: Path, staging: Path | None,
-            identity: Path | None, ssh_options: tuple[str, ...], ssh_config: Path | None,
+def run_cmd(settings: Settings, /, source: str, output: Path, staging: Path | None,
             first: str | None, last: str, resume: bool, force: bool, size: int | None,
-            bootloader: str, root_device: str, probes: tuple[smoke.Probe, ...]) -> None:
+            bootloader: str, root_device: str, probes: tuple[smoke.Probe, ...],
+            **ssh: Any) -> None:
     """The pipeline: SOURCE (a tree, or ssh://[user@]host[:port]/ synced into --staging first)
     → built, converted, smoke-tested image."""
     sync_opts = None
     if source.startswith("ssh://"):
         if staging is None:
             raise click.UsageError("an ssh:// SOURCE needs --staging DIR for the synced tree")
-        sync_opts = sync.SyncOptions(source=sync.parse_source(source), staging=staging,
-                                     identity=identity, ssh_options=ssh_options,
-                                     ssh_config=ssh_config)
+        sync_opts = sync.SyncOptions(source=sync.parse_source(source), staging=staging, **ssh)
         tree = staging
     else:
         tree = Path(source)
@@ -259,29 +272,15 @@ def demo_cmd(settings: Settings) -> None:
               "/var/lib/backuppc, /var/tmp).")
 @click.option("--final", is_flag=True, help="The last pass, after services stopped.")
 @click.option("--bwlimit", help="rsync --bwlimit (e.g. 20m).")
-@click.option("--identity", type=click.Path(path_type=Path, dir_okay=False),
-              help="ssh identity file.")
-@click.option("--ssh-option", "ssh_options", multiple=True, metavar="OPTION",
-              help="An ssh -o option (e.g. ProxyJump=gw). Repeatable.")
-@click.option("--ssh-config", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="An ssh config file to use instead of ~/.ssh/config (ssh -F).")
-@click.option("--rsync-path", help="The rsync command on the source, e.g. 'sudo rsync' when "
-              "logging in as a user who needs sudo to read everything.")
-@click.option("--accept-new-host-key", is_flag=True,
-              help="Trust the host key of a host never seen before (a changed key is still "
-              "refused).")
+@ssh_source_options
 @click.pass_obj
-def sync_cmd(settings: Settings, source: str, staging: Path, excludes: tuple[str, ...],
-             profile: str, final: bool, bwlimit: str | None, identity: Path | None,
-             ssh_options: tuple[str, ...], ssh_config: Path | None, rsync_path: str | None,
-             accept_new_host_key: bool) -> None:
+def sync_cmd(settings: Settings, /, source: str, staging: Path, excludes: tuple[str, ...],
+             profile: str, final: bool, bwlimit: str | None, **ssh: Any) -> None:
     """Copy SOURCE (ssh://[user@]host[:port]/[path] or a directory) into STAGING with rsync."""
     base = sync.SEED_PROFILE if profile == "seed" else ()
     opts = sync.SyncOptions(
         source=sync.parse_source(source), staging=staging, workdir=settings.workdir,
-        excludes=(*base, *excludes), final=final, bwlimit=bwlimit, identity=identity,
-        ssh_options=ssh_options, ssh_config=ssh_config, rsync_path=rsync_path,
-        accept_new_host_key=accept_new_host_key)
+        excludes=(*base, *excludes), final=final, bwlimit=bwlimit, **ssh)
     report = sync.sync(opts)
     stats = report["stats"]
     _emit(settings, report, [

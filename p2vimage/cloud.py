@@ -389,6 +389,15 @@ def _zones(items: Any) -> list[str]:
     return sorted({z.name for z in items if (z.state or {}).get("available", True)})
 
 
+def _require_zone(kind: str, zone: str, listing: Callable[[], Any], cloud: str) -> None:
+    """Refuse a ``kind`` ("volume", "compute") availability zone the cloud does not offer."""
+    with api(f"listing {kind} availability zones", cloud):
+        zones = _zones(listing())
+    if zone not in zones:
+        raise InputError(f"no {kind} availability zone {zone!r} in cloud {cloud!r}",
+                         hint=f"zones: {', '.join(zones) or 'none'}")
+
+
 def volume(opts: VolumeOptions) -> dict[str, Any]:
     """A bootable Cinder volume from a Glance image, in the chosen availability zone.
 
@@ -413,11 +422,7 @@ def volume(opts: VolumeOptions) -> dict[str, Any]:
     host = opts.host or _image_host(image) or image.name
     size_gb = size_for(int(image.size or 0), image.virtual_size, opts.size_gb)
     if opts.az:
-        with api("listing volume availability zones", cloud):
-            zones = _zones(conn.block_storage.availability_zones())
-        if opts.az not in zones:
-            raise InputError(f"no volume availability zone {opts.az!r} in cloud {cloud!r}",
-                             hint=f"zones: {', '.join(zones) or 'none'}")
+        _require_zone("volume", opts.az, conn.block_storage.availability_zones, cloud)
     req = volume_request(opts, image.id, size_gb, host)
     with api("creating the volume", cloud):
         vol = conn.block_storage.create_volume(**req)
@@ -536,11 +541,7 @@ def boot(opts: BootOptions) -> dict[str, Any]:
                     conn.compute.find_keypair(opts.key, ignore_missing=True),
                     [k.name for k in conn.compute.keypairs()], cloud)
     if opts.az:
-        with api("listing compute availability zones", cloud):
-            zones = _zones(conn.compute.availability_zones())
-        if opts.az not in zones:
-            raise InputError(f"no compute availability zone {opts.az!r} in cloud {cloud!r}",
-                             hint=f"zones: {', '.join(zones) or 'none'}")
+        _require_zone("compute", opts.az, conn.compute.availability_zones, cloud)
     network_id = None
     if opts.network != "none":
         with api(f"looking up network {opts.network!r}", cloud):
