@@ -28,10 +28,10 @@ def main() -> None:
     args = parser.parse_args()
     tree = args.tree
     if tree is None:
-        from p2vimage.examples import ensure_fixture
+        from p2vimage.demo.examples import ensure_fixture
 
         tree = ensure_fixture("bookworm-amd64")
-    from p2vimage import accel
+    from p2vimage.host import accel
 
     env = {**os.environ, **accel.detect().guestfs_env()}
     work = Path(tempfile.mkdtemp(prefix="p2vimage-bench-", dir="/var/tmp"))

@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from p2vimage import accel
-    from p2vimage.examples import ensure_fixture
+    from p2vimage.demo.examples import ensure_fixture
+    from p2vimage.host import accel
 
     env = {**os.environ, **accel.detect().guestfs_env()}
     work = Path(tempfile.mkdtemp(prefix="p2vimage-bench-", dir="/var/tmp"))

@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from p2vimage.examples import ensure_fixture
+    from p2vimage.demo.examples import ensure_fixture
 
     ensure_fixture("bullseye-i386")  # warm cache: the tree is built once, outside the timing
     runs = []

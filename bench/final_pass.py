@@ -71,7 +71,7 @@ def main() -> None:
         sys.exit("run as root: the legacy tree has root-owned files and device nodes")
     tree = args.tree
     if tree is None:
-        from p2vimage.examples import ensure_fixture
+        from p2vimage.demo.examples import ensure_fixture
 
         tree = ensure_fixture("bookworm-amd64")
     sys.path.insert(0, str(REPO))

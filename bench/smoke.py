@@ -47,14 +47,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from p2vimage import accel
+    from p2vimage.host import accel
 
     qemu_args = accel.detect().qemu_args()
     with tempfile.TemporaryDirectory(prefix="p2vimage-bench-", dir="/var/tmp") as tmpdir:
         tmp = Path(tmpdir)
         image = args.image
         if image is None:
-            from p2vimage.examples import ensure_fixture
+            from p2vimage.demo.examples import ensure_fixture
 
             image = tmp / "bullseye-i386.img"
             subprocess.run([*P2VIMAGE, "build", str(ensure_fixture("bullseye-i386")), "-o",

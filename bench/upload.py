@@ -39,7 +39,7 @@ def _image(work: Path, given: Path | None) -> Path:
     if given is not None:
         sh(["cp", "--sparse=always", given, dest])
         return dest
-    from p2vimage.examples import ensure_fixture
+    from p2vimage.demo.examples import ensure_fixture
 
     tree = ensure_fixture("bullseye-i386")
     sh([*P2VIMAGE, "build", tree, "-o", dest], stdout=subprocess.DEVNULL)
@@ -53,8 +53,8 @@ def _allocated(path: Path) -> int:
 
 def trims(image: Path, work: Path) -> dict[str, Any]:
     """Seconds and resulting allocation of each way of trimming a copy of ``image``."""
-    from p2vimage import accel
-    from p2vimage import upload as up
+    from p2vimage.cloud import upload as up
+    from p2vimage.host import accel
 
     out: dict[str, Any] = {"untrimmed_allocated": _allocated(image)}
     copy = work / "trim.img"
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from p2vimage import upload as up
+    from p2vimage.cloud import upload as up
     from tests.rig.openstack import running
 
     work = Path(tempfile.mkdtemp(prefix="p2vimage-bench-upload-", dir="/var/tmp"))

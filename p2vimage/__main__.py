@@ -1,5 +1,5 @@
 """``python -m p2vimage``."""
 
-from p2vimage.cli import main
+from p2vimage.cli.main import main
 
 main()

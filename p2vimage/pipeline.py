@@ -19,12 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from p2vimage import convert as convertmod
-from p2vimage import image as imagemod
-from p2vimage import smoke as smokemod
-from p2vimage import sync as syncmod
-from p2vimage.errors import InputError
-from p2vimage.log import log, step
+from p2vimage.build import stage as imagemod
+from p2vimage.convert import stage as convertmod
+from p2vimage.core.errors import InputError
+from p2vimage.core.log import log, step
+from p2vimage.smoke import stage as smokemod
+from p2vimage.sync import stage as syncmod
 
 STAGES = ("sync", "build", "convert", "smoke")
 
@@ -185,7 +185,7 @@ def lines(results: dict[str, Any]) -> list[str]:
 
 def demo(workdir: Path) -> dict[str, Any]:
     """The built-in example: the bullseye i386 legacy tree through the whole pipeline."""
-    from p2vimage.examples import ensure_fixture
+    from p2vimage.demo.examples import ensure_fixture
 
     with step("Example tree bullseye-i386 (debootstrap, cached)"):
         tree = ensure_fixture("bullseye-i386")

@@ -52,7 +52,7 @@ def hard_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small tree with every hard kind of file and metadata (no debootstrap needed)."""
     if not is_root():
         pytest.skip("needs root")
-    from p2vimage.examples import make_hard_content
+    from p2vimage.demo.examples import make_hard_content
 
     root = tmp_path_factory.mktemp("hard") / "root"
     (root / "etc").mkdir(parents=True)
@@ -80,7 +80,7 @@ def bookworm_tree() -> Path:
 def _fixture(name: str) -> Path:
     if not is_root():
         pytest.skip("fixtures need root (debootstrap)")
-    from p2vimage.examples import ensure_fixture
+    from p2vimage.demo.examples import ensure_fixture
 
     return ensure_fixture(name)
 

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from p2vimage.errors import PreconditionError
-from p2vimage.output import lock_or_refuse
+from p2vimage.core.errors import PreconditionError
+from p2vimage.core.output import lock_or_refuse
 
 
 def directory(workdir: Path) -> Path:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from p2vimage.core.errors import InputError
 from p2vimage.cutover.spec import Spec
 from p2vimage.cutover.steps import STEP_NAMES, Cmd, Command, Step, Target
-from p2vimage.errors import InputError
 
 q = shlex.quote
 INJECT_KINDS = ("fail", "drop", "check")

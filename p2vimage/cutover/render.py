@@ -12,11 +12,11 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from p2vimage.core.output import atomic_output
 from p2vimage.cutover import plan as planmod
 from p2vimage.cutover.spec import Spec
 from p2vimage.cutover.steps import Cmd, Step
 from p2vimage.cutover.transport import Local, SshHost
-from p2vimage.output import atomic_output
 
 _HEAD = """#!/bin/sh
 # {what} for the cutover of {name} ({profile} profile), made by p2vimage from {spec}.

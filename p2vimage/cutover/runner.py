@@ -17,14 +17,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from p2vimage import run as runmod
+from p2vimage.core.errors import PreconditionError, StageError
+from p2vimage.core.log import log
 from p2vimage.cutover import journal as jmod
 from p2vimage.cutover import plan as planmod
 from p2vimage.cutover.spec import Spec
 from p2vimage.cutover.steps import Cmd, Step
 from p2vimage.cutover.transport import SSH_EXIT, Result, Transports
-from p2vimage.errors import PreconditionError, StageError
-from p2vimage.log import log
+from p2vimage.host import run as runmod
 
 TOOLS = ("ip", "sh")
 

@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from p2vimage.core.errors import InputError
 from p2vimage.cutover.steps import Command
-from p2vimage.errors import InputError
 
 PROFILES = ("fast", "seed")
 PERSIST = ("rc.local", "files", "none")

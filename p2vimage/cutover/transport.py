@@ -1,9 +1,10 @@
 """Where a step's commands run: locally (argv, optionally behind a prefix such as
 ``ip netns exec NAME``) or over the system OpenSSH client.
 
-ssh is sync.py's command line (BatchMode, host keys verified, the user's ~/.ssh/config),
-plus connection sharing: one ControlMaster per host, so each command costs a round trip, not
-a handshake. The remote command is one shell line (:meth:`Command.line`), every word quoted.
+ssh is host/ssh.py's command line, the one sync uses too (BatchMode, host keys verified,
+the user's ~/.ssh/config), plus connection sharing: one ControlMaster per host, so each
+command costs a round trip, not a handshake. The remote command is one shell line
+(:meth:`Command.line`), every word quoted.
 The legacy host is reached at its maintenance address once that exists (its public address is
 about to move), with ``HostKeyAlias`` so the known_hosts entry of its usual name verifies it.
 """
@@ -18,11 +19,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from p2vimage import run as runmod
+from p2vimage.core.errors import StageError
 from p2vimage.cutover.spec import Access, Ssh
 from p2vimage.cutover.steps import Command
-from p2vimage.errors import StageError
-from p2vimage.sync import Source, SyncOptions, ssh_argv
+from p2vimage.host import run as runmod
+from p2vimage.host import ssh as sshmod
 
 SSH_EXIT = 255  # ssh's own failure (connection refused, dropped, host key)
 
@@ -92,11 +93,10 @@ class SshHost:
         if multiplex and self.control_dir is not None:
             opts += ["ControlMaster=auto", f"ControlPath={self.control_dir}/%C",
                      "ControlPersist=60"]
-        argv: list[str] = ssh_argv(SyncOptions(
-            source=Source(self.address, self.ssh.user, self.ssh.port, "/"), staging=Path("/"),
-            identity=self.ssh.identity, ssh_options=tuple(opts),
+        return sshmod.argv(sshmod.SshTarget(
+            host=self.address, user=self.ssh.user, port=self.ssh.port,
+            identity=self.ssh.identity, options=tuple(opts),
             accept_new_host_key=self.ssh.accept_new_host_key))
-        return argv
 
     @property
     def destination(self) -> str:

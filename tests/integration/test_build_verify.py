@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from p2vimage import verify
-from p2vimage.e2fs import fsck
+from p2vimage.build import verify
+from p2vimage.disk.e2fs import fsck
 from tests.conftest import needs_root, p2v
 
 pytestmark = [needs_root]

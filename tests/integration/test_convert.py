@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from p2vimage import verify
-from p2vimage.convert import host_mbr_bin
-from p2vimage.mbr import partitions
+from p2vimage.build import verify
+from p2vimage.convert.stage import host_mbr_bin
+from p2vimage.disk.mbr import partitions
 from tests.conftest import Converted, assert_one_line_error, launches, needs_root, p2v
 
 pytestmark = [pytest.mark.slow, pytest.mark.fixture, needs_root]
@@ -141,7 +141,7 @@ def test_verify_lists_only_documented_rewrites(
 
 
 def test_initrd_without_virtio_is_rebuilt(tmp_path: Path, hv_wrapper: Path) -> None:
-    from p2vimage.examples import ensure_fixture
+    from p2vimage.demo.examples import ensure_fixture
 
     tree = ensure_fixture("bullseye-i386-novirtio")
     image = tmp_path / "novirtio.img"

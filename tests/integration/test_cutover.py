@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from p2vimage.core.paths import cache_dir
 from p2vimage.cutover.steps import STEP_NAMES
-from p2vimage.paths import cache_dir
 from tests.conftest import REPO, assert_one_line_error
 from tests.rig.netns import (
     BRIDGE,

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from p2vimage import accel
+from p2vimage.host import accel
 from tests.conftest import p2v
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from p2vimage import accel, guest
-from p2vimage.errors import StageError
+from p2vimage.core.errors import StageError
+from p2vimage.guest import appliance as guest
+from p2vimage.host import accel
 
 pytestmark = [pytest.mark.slow]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from p2vimage.e2fs import E2fsFiles
+from p2vimage.disk.e2fs import E2fsFiles
 from tests.conftest import Converted, needs_root, p2v
 
 pytestmark = [pytest.mark.slow, pytest.mark.fixture, needs_root]

@@ -12,9 +12,10 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from p2vimage import accel, smoke
-from p2vimage.e2fs import E2fsFiles
-from p2vimage.netconf import interfaces
+from p2vimage.disk.e2fs import E2fsFiles
+from p2vimage.guest.netconf import interfaces
+from p2vimage.host import accel
+from p2vimage.smoke import stage as smoke
 
 
 @dataclasses.dataclass

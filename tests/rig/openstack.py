@@ -49,7 +49,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from p2vimage.paths import cache_dir
+from p2vimage.core.paths import cache_dir
 
 HERE = Path(__file__).resolve().parent
 # Run by the services' Python: a directory of their own, so that this module (named like the

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from p2vimage.errors import InputError, P2VError, PreconditionError, StageError
-from p2vimage.units import parse_size
+from p2vimage.core.errors import InputError, P2VError, PreconditionError, StageError
+from p2vimage.core.units import parse_size
 from tests.conftest import assert_one_line_error, p2v
 
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from p2vimage import blockdev, cloud
-from p2vimage import upload as up
-from p2vimage.errors import InputError, PreconditionError, StageError
-from p2vimage.files import LocalFiles
+from p2vimage.cloud import api as cloud
+from p2vimage.cloud import upload as up
+from p2vimage.cloud import writevolume as blockdev
+from p2vimage.core.errors import InputError, PreconditionError, StageError
+from p2vimage.guest.files import LocalFiles
 from tests.conftest import assert_one_line_error, p2v
 
 MiB = 1 << 20

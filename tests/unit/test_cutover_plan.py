@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from p2vimage.core.errors import InputError, PreconditionError
 from p2vimage.cutover import journal as jmod
 from p2vimage.cutover import plan as planmod
 from p2vimage.cutover import render as rendermod
 from p2vimage.cutover import spec as specmod
 from p2vimage.cutover.steps import STEP_NAMES
-from p2vimage.errors import InputError, PreconditionError
 from tests.unit.test_cutover_spec import SPEC, write
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from p2vimage.core.errors import InputError
 from p2vimage.cutover import plan as planmod
 from p2vimage.cutover import spec as specmod
 from p2vimage.cutover.steps import Command
-from p2vimage.errors import InputError
 from tests.conftest import assert_one_line_error, p2v
 
 SPEC = """

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from p2vimage.e2fs import _decode_time, _parse_stat, find_partition, time_fields
-from p2vimage.errors import InputError
+from p2vimage.core.errors import InputError
+from p2vimage.disk.e2fs import _decode_time, _parse_stat, find_partition, time_fields
 
 
 @pytest.mark.parametrize("seconds,nanos", [

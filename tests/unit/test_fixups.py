@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from p2vimage.fixups import (
+from p2vimage.convert.fixups import (
     console,
     extlinux,
     fstab,
@@ -15,7 +15,9 @@ from p2vimage.fixups import (
     initramfs,
     network,
 )
-from p2vimage.fixups.base import GuestInfo, Kernel, Target, add_args
+from p2vimage.convert.fixups.base import Target, add_args
+from p2vimage.guest import netconf
+from p2vimage.guest.inspect import GuestInfo, Kernel
 from tests.fakes import DictFiles
 
 DATA = Path(__file__).parent / "data"
@@ -181,7 +183,7 @@ def test_nic_names_from_every_config_format() -> None:
         "/etc/sysconfig/network-scripts/ifcfg-eth1": "DEVICE=eth1\nHWADDR=00:11:22:33:44:55\n",
         "/etc/netplan/50.yaml": "network:\n  ethernets:\n    ens3:\n      dhcp4: true\n",
         "/etc/systemd/network/10.network": "[Match]\nName=eth2\n"})
-    assert network.nic_names(files) == ["eth0", "eth1", "ens3", "eth2"]
+    assert netconf.nic_names(files) == ["eth0", "eth1", "ens3", "eth2"]
     assert network.mac_bound(files) == [
         "/etc/sysconfig/network-scripts/ifcfg-eth1: HWADDR=00:11:22:33:44:55"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from p2vimage.errors import InputError
-from p2vimage.fsprofile import choose
-from p2vimage.guestfacts import GuestFacts, Version
+from p2vimage.build.fsprofile import choose
+from p2vimage.core.errors import InputError
+from p2vimage.guest.facts import GuestFacts, Version
 
 
 def facts(kernels: tuple[Version, ...] = ((6, 1, 0),), bootloader: str = "grub2",

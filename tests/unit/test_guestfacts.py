@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from p2vimage.guestfacts import inspect_tree, parse_version
+from p2vimage.guest.facts import inspect_tree, parse_version
 
 DPKG_STATUS = """\
 Package: e2fsprogs

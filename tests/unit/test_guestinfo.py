@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from p2vimage.fixups.base import Kernel
-from p2vimage.guestinfo import (
+from p2vimage.guest.inspect import (
+    Kernel,
     builtin_modules,
     init_system,
     initrd_modules,

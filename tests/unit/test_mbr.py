@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2vimage.mbr import Partition, partitions, table
+from p2vimage.disk.mbr import Partition, partitions, table
 
 
 def test_table_round_trips() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from p2vimage.netconf import Iface, interfaces
+from p2vimage.guest.netconf import Iface, interfaces
 from tests.fakes import DictFiles
 
 LEGACY = """\

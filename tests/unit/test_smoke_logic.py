@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from p2vimage.errors import InputError
-from p2vimage.netconf import Iface
-from p2vimage.smoke import Nic, Probe, _failure, junit, netdev_arg, parse_probe, plan_nics
+from p2vimage.core.errors import InputError
+from p2vimage.guest.netconf import Iface
+from p2vimage.smoke.stage import Nic, Probe, _failure, junit, netdev_arg, parse_probe, plan_nics
 
 
 def test_parse_probe() -> None:

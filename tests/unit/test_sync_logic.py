@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from p2vimage.errors import InputError
-from p2vimage.sync import (
+from p2vimage.core.errors import InputError
+from p2vimage.sync.stage import (
     SEED_PROFILE,
     Source,
     SyncOptions,

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from p2vimage.verify import Entry, compare, normalize_acl
+from p2vimage.build.verify import Entry, compare, normalize_acl
 
 BASE = Entry(kind="file", mode=0o644, uid=0, gid=0, size=3, mtime=(1_000_000_000, 5),
              sha256="ab", link_target=None, rdev=None, xattrs=(), links=(), holes=False)

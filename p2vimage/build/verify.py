@@ -1,0 +1,270 @@
+"""``verify``: a manifest of the source tree and of the image, and every difference.
+
+Fields compared per path: type, mode, owner, size, mtime (to the resolution the image's inodes
+keep), content hash, hard-link group, symlink target, device numbers, every xattr (ACLs and
+capabilities included), and sparseness (a source file with holes must keep holes). The image
+is read with debugfs (no root, no mount). Paths that ``convert`` rewrites are reported as
+expected rewrites and do not fail the check unless ``strict`` is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from p2vimage.convert.fixups import holds_rewrites, rewritten
+from p2vimage.core.errors import InputError
+from p2vimage.core.log import step
+from p2vimage.disk.e2fs import ImageTree, Inode
+
+# Paths convert rewrites or creates (documented in README.md "verify").
+CREATED_BY_MKFS = ("lost+found",)
+ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
+_ACL_NO_ID = {0x01, 0x04, 0x10, 0x20}  # USER_OBJ, GROUP_OBJ, MASK, OTHER carry no id
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One path's manifest record."""
+
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int | None
+    mtime: tuple[int, int]
+    sha256: str | None
+    link_target: bytes | None
+    rdev: tuple[int, int] | None
+    xattrs: tuple[tuple[bytes, bytes], ...]
+    links: tuple[bytes, ...]  # other paths of the same inode
+    holes: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    """One field of one path that differs."""
+
+    path: str
+    field: str
+    source: str
+    image: str
+    note: str = ""
+
+
+@dataclasses.dataclass
+class VerifyResult:
+    """All differences, expected rewrites and filesystem limits found."""
+
+    compared: int
+    differences: list[Difference]
+    expected: list[Difference]
+    limited: list[Difference]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The result as data for --json."""
+        return {"compared": self.compared, "ok": not self.differences,
+                "differences": [dataclasses.asdict(d) for d in self.differences],
+                "expected_rewrites": [dataclasses.asdict(d) for d in self.expected],
+                "filesystem_limits": [dataclasses.asdict(d) for d in self.limited]}
+
+    def lines(self, max_shown: int = 50) -> list[str]:
+        """The human form: one line per difference, then a summary line."""
+        out = [f"{d.path}: {d.field}: source {d.source} != image {d.image}"
+               for d in self.differences[:max_shown]]
+        if len(self.differences) > max_shown:
+            out.append(f"… and {len(self.differences) - max_shown} more (use --json)")
+        out += [f"{d.path}: {d.field} beyond what the filesystem keeps: {d.source} → {d.image}"
+                for d in self.limited if d.note == "range"][:max_shown]
+        nanos = sum(1 for d in self.limited if d.note == "nanoseconds")
+        if nanos:
+            out.append(f"{nanos} mtimes lost their nanoseconds (128-byte inodes keep seconds)")
+        verdict = "identical" if not self.differences else f"{len(self.differences)} differences"
+        extra = f", {len(self.expected)} expected rewrites" if self.expected else ""
+        out.append(f"verify: {self.compared} paths compared, {verdict}{extra}")
+        return out
+
+
+def _kind(mode: int) -> str:
+    return {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink",
+            stat.S_IFCHR: "chardev", stat.S_IFBLK: "blockdev", stat.S_IFIFO: "fifo",
+            stat.S_IFSOCK: "socket"}.get(stat.S_IFMT(mode), f"unknown({stat.S_IFMT(mode):o})")
+
+
+def normalize_acl(value: bytes) -> bytes:
+    """An ACL xattr with the ids of owner/group/mask/other entries set to -1, as the kernel."""
+    if len(value) < 4 or (len(value) - 4) % 8:
+        return value
+    out = bytearray(value[:4])
+    for i in range(4, len(value), 8):
+        tag = int.from_bytes(value[i:i + 2], "little")
+        entry = bytearray(value[i:i + 8])
+        if tag in _ACL_NO_ID:
+            entry[4:8] = b"\xff\xff\xff\xff"
+        out += entry
+    return bytes(out)
+
+
+def _xattrs(items: dict[bytes, bytes]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple(sorted((k, normalize_acl(v) if k in ACL_NAMES else v)
+                        for k, v in items.items()))
+
+
+def _walk(root: bytes) -> Iterator[tuple[bytes, bytes]]:
+    yield b"", root
+    stack = [(root, b"")]
+    while stack:
+        path, rel = stack.pop()
+        for entry in os.scandir(path):
+            erel = rel + b"/" + entry.name if rel else entry.name
+            yield erel, entry.path
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, erel))
+
+
+def _hash_file(path: bytes, size: int) -> tuple[str, bool]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        holes = size > 0 and os.lseek(f.fileno(), 0, os.SEEK_HOLE) < size
+        f.seek(0)
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest(), holes
+
+
+def source_manifest(root: Path) -> dict[bytes, Entry]:
+    """The manifest of a local tree (lstat, xattrs, content hashes)."""
+    groups: dict[tuple[int, int], list[bytes]] = {}
+    raw: dict[bytes, tuple[os.stat_result, bytes]] = {}
+    for rel, path in _walk(os.fsencode(root)):
+        st = os.lstat(path)
+        raw[rel] = (st, path)
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            groups.setdefault((st.st_dev, st.st_ino), []).append(rel)
+    manifest: dict[bytes, Entry] = {}
+    for rel, (st, path) in raw.items():
+        xattrs = {os.fsencode(n): os.getxattr(path, n, follow_symlinks=False)
+                  for n in os.listxattr(path, follow_symlinks=False)}
+        digest, holes, target = None, False, None
+        if stat.S_ISREG(st.st_mode):
+            digest, holes = _hash_file(path, st.st_size)
+        elif stat.S_ISLNK(st.st_mode):
+            target = os.readlink(path)
+        group = groups.get((st.st_dev, st.st_ino), [rel])
+        manifest[rel] = Entry(
+            kind=_kind(st.st_mode), mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
+            gid=st.st_gid,
+            size=st.st_size if not stat.S_ISDIR(st.st_mode) else None,
+            mtime=divmod(st.st_mtime_ns, 1_000_000_000), sha256=digest, link_target=target,
+            rdev=(os.major(st.st_rdev), os.minor(st.st_rdev))
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else None,
+            xattrs=_xattrs(xattrs), links=tuple(sorted(p for p in group if p != rel)),
+            holes=holes)
+    return manifest
+
+
+def image_manifest(image: Path) -> tuple[dict[bytes, Entry], int]:
+    """The manifest of the filesystem in ``image``, and its inode size."""
+    tree = ImageTree(image)
+    paths, inodes = tree.entries()
+    groups: dict[int, list[bytes]] = {}
+    for rel, ino in paths.items():
+        groups.setdefault(ino, []).append(rel)
+    manifest: dict[bytes, Entry] = {}
+    for rel, ino in paths.items():
+        node: Inode = inodes[ino]
+        is_dir = stat.S_ISDIR(node.mode)
+        blocks_needed = -(-node.size // tree.block_size)
+        manifest[rel] = Entry(
+            kind=_kind(node.mode), mode=stat.S_IMODE(node.mode), uid=node.uid, gid=node.gid,
+            size=None if is_dir else node.size, mtime=node.mtime, sha256=node.sha256,
+            link_target=node.link_target if stat.S_ISLNK(node.mode) else None,
+            rdev=node.rdev if stat.S_ISCHR(node.mode) or stat.S_ISBLK(node.mode) else None,
+            xattrs=_xattrs(node.xattrs),
+            links=() if is_dir else tuple(sorted(p for p in groups[ino] if p != rel)),
+            holes=stat.S_ISREG(node.mode) and node.data_blocks < blocks_needed)
+    return manifest, tree.inode_size
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bytes):
+        return repr(os.fsdecode(value))
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+        return "{" + ", ".join(f"{os.fsdecode(k)}={v.hex()}" for k, v in value) + "}"
+    if isinstance(value, tuple) and all(isinstance(v, bytes) for v in value):
+        return "[" + ", ".join(repr(os.fsdecode(v)) for v in value) + "]"
+    return str(value)
+
+
+def _stored_time(mtime: tuple[int, int], inode_size: int,
+                 got: tuple[int, int]) -> tuple[int, int]:
+    """What an inode of ``inode_size`` keeps of a time: ns need large inodes; seconds out of
+    range wrap when written by debugfs (build) and are clamped when written through the kernel
+    (refresh); ``got``, the image's time, is either."""
+    seconds, nanos = mtime
+    if inode_size <= 128:
+        clamped = min(max(seconds, -(2**31)), 2**31 - 1)
+        if (clamped, 0) == got:
+            return got
+        return ((seconds + 2**31) % 2**32) - 2**31, 0
+    return seconds, nanos
+
+
+def compare(source: dict[bytes, Entry], image: dict[bytes, Entry], inode_size: int,
+            strict: bool = False) -> VerifyResult:
+    """Every difference between two manifests (pure; unit-testable)."""
+    diffs: list[Difference] = []
+    limited: list[Difference] = []
+    for rel in sorted(set(source) | set(image)):
+        name = "/" + os.fsdecode(rel)
+        src, img = source.get(rel), image.get(rel)
+        if src is None:
+            if rel not in (n.encode() for n in CREATED_BY_MKFS):
+                diffs.append(Difference(name, "presence", "absent", "present"))
+            continue
+        if img is None:
+            diffs.append(Difference(name, "presence", "present", "absent"))
+            continue
+        if src.kind != img.kind:
+            diffs.append(Difference(name, "type", src.kind, img.kind))
+            continue
+        want_time = _stored_time(src.mtime, inode_size, img.mtime)
+        if want_time != src.mtime and want_time == img.mtime:
+            note = "nanoseconds" if want_time[0] == src.mtime[0] else "range"
+            limited.append(Difference(name, "mtime", _show(src.mtime), _show(img.mtime), note))
+        checks: list[tuple[str, object, object]] = [
+            ("mode", oct(src.mode), oct(img.mode)), ("uid", src.uid, img.uid),
+            ("gid", src.gid, img.gid), ("size", src.size, img.size),
+            ("mtime", want_time, img.mtime), ("sha256", src.sha256, img.sha256),
+            ("symlink target", src.link_target, img.link_target), ("device", src.rdev, img.rdev),
+            ("xattrs", src.xattrs, img.xattrs), ("hard links", src.links, img.links),
+        ]
+        if src.kind == "symlink":
+            checks = [c for c in checks if c[0] != "mode"]  # symlink modes are always 0777
+        for field, want, got in checks:
+            if want != got:
+                diffs.append(Difference(name, field, _show(want), _show(got)))
+        if src.holes and not img.holes:
+            diffs.append(Difference(name, "sparseness", "has holes", "fully allocated"))
+    expected = [d for d in diffs if not strict and (
+        rewritten(d.path) or (d.field == "mtime" and holds_rewrites(d.path)))]
+    return VerifyResult(len(source), [d for d in diffs if d not in expected], expected, limited)
+
+
+def verify(source: Path, image: Path, strict: bool = False) -> VerifyResult:
+    """Compare ``source`` with ``image``. Raises InputError for a bad source or image."""
+    if not source.is_dir():
+        raise InputError(f"source {source} is not a directory", hint="give the staging tree")
+    if not image.is_file():
+        raise InputError(f"image {image} does not exist or is not a file",
+                         hint="give the raw image made by 'p2vimage build'")
+    with step(f"Reading {image}"):
+        img_manifest, inode_size = image_manifest(image)
+    with step(f"Reading {source}"):
+        src_manifest = source_manifest(source)
+    return compare(src_manifest, img_manifest, inode_size, strict)

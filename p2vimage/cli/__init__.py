@@ -1,0 +1,1 @@
+"""The face: the click group, its verbs, options declared once, exit codes."""

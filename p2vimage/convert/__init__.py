@@ -1,0 +1,1 @@
+"""Stage 3, convert: make an image boot as a KVM guest, offline (libguestfs)."""

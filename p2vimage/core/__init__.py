@@ -1,0 +1,2 @@
+"""Shared by everything: errors and exit codes, logging and progress, units, paths,
+atomic outputs."""

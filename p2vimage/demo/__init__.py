@@ -1,0 +1,1 @@
+"""The built-in examples (debootstrap recipes) for demo, tests and benches."""

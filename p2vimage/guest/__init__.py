@@ -1,0 +1,2 @@
+"""Reading a guest: file views (local tree, debugfs, the libguestfs appliance) and the one
+record of facts about it."""

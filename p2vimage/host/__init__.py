@@ -1,0 +1,1 @@
+"""This machine: the one subprocess wrapper, the accelerator probe, doctor."""

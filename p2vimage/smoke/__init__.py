@@ -1,0 +1,1 @@
+"""Stage 4, smoke: boot the image under qemu, watch its console, probe services."""
