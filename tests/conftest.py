@@ -52,7 +52,7 @@ def hard_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small tree with every hard kind of file and metadata (no debootstrap needed)."""
     if not is_root():
         pytest.skip("needs root")
-    from p2vimage.demo.examples import make_hard_content
+    from p2vimage.demo.hard import make_hard_content
 
     root = tmp_path_factory.mktemp("hard") / "root"
     (root / "etc").mkdir(parents=True)

@@ -21,7 +21,8 @@ _KERNEL = re.compile(r"^(\s*kernel)(\s*=?\s*)(\S+)(.*)$")
 _INITRD = re.compile(r"^(\s*initrd)(\s*=?\s*)(\S+)(.*)$")
 
 # What this fixup reads and what it (or its actions) may write: see fixups/__init__.py.
-READS = (MENU.lstrip("/"),)
+READS = (MENU.lstrip("/"),  # and the kernels and initrds it names, on a separate /boot or not
+         "vmlinuz*", "initrd*", "boot/vmlinuz*", "boot/initrd*")
 WRITES = (MENU.lstrip("/"), DEVICE_MAP.lstrip("/"))
 
 def _path(view: FileView, path: str) -> str:

@@ -19,7 +19,9 @@ TOOLS = {  # tool: (its binary in the guest, the configuration file the modules 
 
 # What this fixup reads and what it (or its actions) may write: see fixups/__init__.py.
 READS = ("etc/initramfs-tools/*", "etc/dracut.conf", "etc/dracut.conf.d/*",
-         "etc/sysconfig/kernel", "etc/mkinitcpio.conf")
+         "etc/sysconfig/kernel", "etc/mkinitcpio.conf",
+         *(p for binary, _ in TOOLS.values() for p in (binary.lstrip("/"),
+                                                         binary.replace("/usr/", "/")[1:])))
 WRITES = (*(conf.lstrip("/") for _, conf in TOOLS.values()), *INITRDS,
           "var/lib/initramfs-tools/*")
 
