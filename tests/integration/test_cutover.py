@@ -203,6 +203,29 @@ def test_runner_killed_mid_cutover(rig: Rig, tmp_path: Path, then: str) -> None:
     assert_legacy(rig)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_run_points_to_status_and_rollback(rig: Rig, tmp_path: Path,
+                                                       sig: signal.Signals) -> None:
+    """Ctrl-C (or SIGTERM) mid-cutover: the network is half moved, so the one line names the
+    step and the exact status and rollback commands — never 'start over'."""
+    spec = _gated_spec(rig, tmp_path)
+    work = tmp_path / "work"
+    proc = _start_blocked_runner(rig, spec, work)
+    os.kill(proc.pid, sig)  # the python process itself: ip netns exec execs it
+    _, stderr = proc.communicate(timeout=60)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    assert_one_line_error(done, 130, "interrupted during step stop",
+                          f"p2vimage --workdir {work} cutover status {spec}",
+                          f"p2vimage --workdir {work} cutover rollback {spec}")
+    assert "start over" not in stderr
+    state = status(rig, spec, work)
+    assert state["status"] == "in-progress" and state["current"] == "stop"
+    assert state["runner_active"] is False
+    back = rig.cli("cutover", "rollback", spec, workdir=work)  # what the hint says
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert_legacy(rig)
+
+
 @pytest.mark.parametrize("missing", ["hook", "unboot", "node-arping", "legacy-stop"])
 def test_missing_program_is_refused_before_any_change(rig: Rig, tmp_path: Path,
                                                       missing: str) -> None:
