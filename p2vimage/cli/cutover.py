@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 import click
 
+from p2vimage.core.errors import Interrupted
+from p2vimage.cutover import journal as jmod
 from p2vimage.cutover import plan as planmod
 from p2vimage.cutover import render as rendermod
 from p2vimage.cutover import runner
@@ -30,6 +33,22 @@ def _emit(data: dict[str, Any], lines: list[str]) -> None:
 def _workdir(spec: specmod.Spec) -> Path:
     workdir: Path | None = _settings().workdir
     return workdir or spec.path.with_name(spec.path.stem + ".work")
+
+
+def _interrupted(spec: specmod.Spec, verb: str, profile: str | None) -> Interrupted:
+    """The error for a run or rollback stopped by Ctrl-C or SIGTERM: the journal keeps what
+    was begun; the hint gives the exact commands that show it and undo it (not 'start
+    over': the network is half moved)."""
+    workdir = _workdir(spec)
+    st = jmod.state(workdir)
+    at = f" during step {st.current}" if st.current else ""
+    given = _settings().workdir
+    head = shlex.join(["p2vimage", *(["--workdir", str(given)] if given else []), "cutover"])
+    tail = shlex.join([str(spec.path), *(["--profile", profile] if profile else [])])
+    return Interrupted(
+        f"cutover {verb} of {spec.name} interrupted{at}; the journal keeps every step begun",
+        hint=f"see '{head} status {tail}', then undo them with '{head} rollback {tail}' "
+             f"(or resume with '{head} run {tail}')")
 
 
 _SPEC = click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
@@ -95,7 +114,10 @@ def register(group: click.Group) -> None:
         """Cut over (or resume an interrupted cutover); roll back by itself on failure."""
         spec = specmod.load(spec_path, profile)
         fault = planmod.parse_inject(inject) if inject else None
-        report = runner.run(spec, _workdir(spec), fault)
+        try:
+            report = runner.run(spec, _workdir(spec), fault)
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM (cli.main turns it into this)
+            raise _interrupted(spec, "run", profile) from None
         _emit(report, runner.lines(report))
 
     @cutover.command("rollback")
@@ -104,7 +126,10 @@ def register(group: click.Group) -> None:
     def rollback_cmd(spec_path: Path, profile: str | None) -> None:
         """Undo what the journal says the cutover did, newest first."""
         spec = specmod.load(spec_path, profile)
-        report = runner.rollback(spec, _workdir(spec))
+        try:
+            report = runner.rollback(spec, _workdir(spec))
+        except KeyboardInterrupt:
+            raise _interrupted(spec, "rollback", profile) from None
         _emit(report, runner.lines(report))
 
     @cutover.command("status")

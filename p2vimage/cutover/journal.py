@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from p2vimage.core.errors import PreconditionError
+from p2vimage.core.log import log
 from p2vimage.core.output import lock_or_refuse
 
 
@@ -64,6 +65,18 @@ class Journal:
     def __init__(self, workdir: Path) -> None:
         self.path = directory(workdir) / "journal.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lost: str | None = None  # why a record could not be written (see note)
+
+    def note(self, event: str, **fields: Any) -> None:
+        """Like :meth:`write`, but a record that cannot be written (disk full, a read-only
+        file) is logged and remembered in ``lost``, not raised: a rollback goes on without
+        its journal rather than leave the network half moved."""
+        try:
+            self.write(event, **fields)
+        except OSError as exc:
+            if self.lost is None:
+                self.lost = f"{self.path}: {exc.strerror or exc}"
+                log.warning("warning: cannot write the journal (%s); going on", self.lost)
 
     def write(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append one record (event, wall-clock time, FIELDS) and fsync it."""

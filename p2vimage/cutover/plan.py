@@ -16,12 +16,13 @@ Every value reaches a shell through :func:`shlex.quote` (or an argv list); see s
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from collections.abc import Sequence
 
 from p2vimage.core.errors import InputError
 from p2vimage.cutover.spec import Spec
-from p2vimage.cutover.steps import STEP_NAMES, Cmd, Command, Step, Target
+from p2vimage.cutover.steps import STEP_NAMES, Cmd, Command, Need, Step, Target
 
 q = shlex.quote
 INJECT_KINDS = ("fail", "drop", "check")
@@ -113,6 +114,9 @@ def steps(spec: Spec) -> dict[str, Step]:
     br, nif, lif = nd.bridge, nd.interface, lg.interface
     pub = str(spec.public_ip)
     out: dict[str, Step] = {}
+    # what the shell commands below run (argv programs are read from the commands)
+    persists = (Need("node", writable=str(spec.rc_local.parent)),) \
+        if spec.persist == "rc.local" else ()
 
     out["maintenance"] = Step(
         "maintenance", "maintenance addresses on the legacy host and the node",
@@ -125,7 +129,8 @@ def steps(spec: Spec) -> dict[str, Step]:
         # checked through the maintenance address: proves the runner reaches the legacy host
         # that way before its public address moves (and opens the shared connection)
         check=(Cmd("legacy", _has_addr(lif, str(lg.maintenance_ip))),
-               Cmd("node", _has_addr(nif, str(nd.maintenance_ip)))))
+               Cmd("node", _has_addr(nif, str(nd.maintenance_ip)))),
+        needs=(Need("legacy", "grep"), Need("node", "grep")))
 
     create = Command.of("ip", "link", "add", br, "type", "bridge")
     if fast:
@@ -141,7 +146,8 @@ def steps(spec: Spec) -> dict[str, Step]:
         do=(Cmd("node", create), Cmd("node", Command.of("ip", "link", "set", br, "up")),
             *(Cmd("node", c) for c in pdo)),
         undo=(*(Cmd("node", c) for c in pundo), Cmd("node", Command.of("ip", "link", "del", br))),
-        check=(Cmd("node", Command.sh(f"ip -d link show dev {q(br)} | grep -qw bridge")),))
+        check=(Cmd("node", Command.sh(f"ip -d link show dev {q(br)} | grep -qw bridge")),),
+        needs=(Need("node", "ip"), Need("node", "grep"), *persists))
 
     conf = "/proc/sys/net/ipv4/conf"
     knobs = [f"{conf}/{nif}/proxy_arp", f"{conf}/{br}/proxy_arp"]
@@ -159,7 +165,9 @@ def steps(spec: Spec) -> dict[str, Step]:
               Cmd("node", Command.sh("; ".join([f"echo 0 > {q(k)}" for k in knobs]
                                                + [f"echo 80 > {q(k)}" for k in delays])))),
         check=(Cmd("node", Command.sh(" && ".join(f"[ \"$(cat {q(k)})\" = 1 ]"
-                                                 for k in knobs))),))
+                                                 for k in knobs))),),
+        # the bridge's knobs appear with the bridge; the interface's must be writable now
+        needs=(*(Need("node", writable=k) for k in (knobs[0], *delays[:1])), *persists))
 
     hooks = spec.hooks
     out["stop"] = Step(
@@ -180,7 +188,10 @@ def steps(spec: Spec) -> dict[str, Step]:
             f"ip addr replace {q(pub)} dev {q(lif)} || exit 1; [ ! -f {q(state)} ] || "
             f"while read -r r; do ip route replace $r || true; done < {q(state)}")),
             Cmd("legacy", _garp(spec, lif, True, temporary=False))),
-        check=(Cmd("legacy", _has_addr(lif, pub, present=False)),), starts_downtime=True)
+        check=(Cmd("legacy", _has_addr(lif, pub, present=False)),), starts_downtime=True,
+        needs=(Need("legacy", "ip"), Need("legacy", "grep"),
+               Need("legacy", "arping", optional="after a rollback, its neighbours learn the "
+                    "address back only when their entries expire")))
 
     out["boot"] = Step("boot", "boot the instance",
                        do=tuple(Cmd("local", c) for c in hooks.boot),
@@ -196,18 +207,21 @@ def steps(spec: Spec) -> dict[str, Step]:
         undo=(*(Cmd("node", c) for c in pundo),
               Cmd("node", Command.of("ip", "route", "del", spec.address, "dev", br))),
         check=(Cmd("node", Command.sh(
-            f"ip -4 route show to exact {q(spec.address + '/32')} dev {q(br)} | grep -q .")),))
+            f"ip -4 route show to exact {q(spec.address + '/32')} dev {q(br)} | grep -q .")),),
+        needs=(Need("node", "grep"), *persists))
 
     out["garp"] = Step(
         "garp", f"gratuitous ARP for {spec.address} from the node's {nif}",
         do=(Cmd("node", _garp(spec, nif, fast, temporary=True)),),
         undo=(Cmd("node", Command.sh(
-            f"ip addr del {q(spec.address + '/32')} dev {q(nif)} 2>/dev/null || true")),))
+            f"ip addr del {q(spec.address + '/32')} dev {q(nif)} 2>/dev/null || true")),),
+        needs=(Need("node", "ip"), Need("node", nd.arping), Need("node", "grep"),
+               *((Need("node", "stdbuf"), Need("node", "mktemp")) if fast else ())))
 
     out["verify"] = Step(
         "verify", f"{pr.url} answers {pr.expect!r} from the probe point",
         do=(Cmd("probe", probe_command(spec, pr.expect), retry=pr.timeout),),
-        ends_downtime=True)
+        ends_downtime=True, needs=(Need("probe", "curl"), Need("probe", "grep")))
     return out
 
 
@@ -237,20 +251,17 @@ def parse_inject(text: str) -> tuple[str, str]:
 def _inject(spec: Spec, step: Step, kind: str) -> Step:
     target: Target = step.do[0].target if step.do else "local"
     if kind == "fail":
-        return Step(step.name, step.title, (*step.do, Cmd(target, Command.of("false"))),
-                    step.undo, step.check, step.starts_downtime, step.ends_downtime)
+        return dataclasses.replace(step, do=(*step.do, Cmd(target, Command.of("false"))))
     if kind == "check":
         check = (Cmd("probe", probe_command(spec, "p2vimage: injected probe failure"),
                      retry=1.0),) if step.name == "verify" else (Cmd(target, Command.of("false")),)
-        return Step(step.name, step.title, step.do, step.undo, check, step.starts_downtime,
-                    step.ends_downtime)
+        return dataclasses.replace(step, check=check)
     remote: Target | None = "legacy" if spec.legacy.access.ssh else \
         "node" if spec.node.access.ssh else None
     if remote is None:
         raise InputError("--inject STEP:drop needs a host reached over ssh",
                          hint="give [legacy.ssh] or [node.ssh] in the spec")
-    return Step(step.name, step.title, (*step.do, Cmd(remote, Command.sh(DROP_SSH))),
-                step.undo, step.check, step.starts_downtime, step.ends_downtime)
+    return dataclasses.replace(step, do=(*step.do, Cmd(remote, Command.sh(DROP_SSH))))
 
 
 def build(spec: Spec, inject: tuple[str, str] | None = None) -> list[Step]:

@@ -4,16 +4,25 @@ An operator can read them, rehearse with them and run them by hand with only ssh
 shell: every command is the one the runner would run (connection sharing aside), every value
 passed through :func:`shlex.quote`. ``run.sh`` stops at the first failure and names the step;
 ``rollback.sh`` undoes every step, newest first, carrying on past undos that find nothing to
-undo (it may follow a run.sh that stopped half-way).
+undo (it may follow a run.sh that stopped half-way). ``run.sh`` opens with the runner's
+preflight: what every step needs, checked on each host before anything changes.
+
+The two are a pair: both are written or neither (an existing one is never left beside a new
+other one).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
+import tempfile
 from pathlib import Path
 
-from p2vimage.core.output import atomic_output
+from p2vimage.core.errors import InputError
+from p2vimage.core.output import check_output
 from p2vimage.cutover import plan as planmod
+from p2vimage.cutover import preflight
 from p2vimage.cutover.spec import Spec
 from p2vimage.cutover.steps import Cmd, Step
 from p2vimage.cutover.transport import Local, SshHost
@@ -71,6 +80,10 @@ def run_script(spec: Spec, steps: list[Step]) -> str:
     out = [_header(spec, "Run")]
     out.append("step=start\ntrap 'echo \"run.sh: stopped at step $step; rollback.sh undoes "
                "what was done\" >&2' EXIT\n")
+    out.append("# 0. preflight: what the steps need, on each host (nothing changes here)")
+    out.append("step=preflight")
+    for target, group in preflight.by_target(preflight.needs(spec, steps)).items():
+        out.append(_line(spec, Cmd(target, preflight.command(group), via="direct")))
     for n, step in enumerate(steps, 1):
         out.append(f"\n{_comment(f'{n}. {step.name}: {step.title}')}")
         if step.starts_downtime:
@@ -103,15 +116,50 @@ def rollback_script(spec: Spec, steps: list[Step]) -> str:
 
 
 def render(spec: Spec, outdir: Path, force: bool) -> dict[str, str]:
-    """Write run.sh and rollback.sh into OUTDIR (each written whole, then renamed)."""
+    """Write run.sh and rollback.sh into OUTDIR: both or neither. Both are checked before
+    either is written, written whole under temporary names, then renamed (rollback.sh first:
+    a run.sh never stands without its rollback.sh). Raises InputError when either exists
+    (without FORCE) or cannot be written; OUTDIR is then left as it was."""
     steps = planmod.build(spec)
-    outdir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, text in (("run.sh", run_script(spec, steps)),
-                       ("rollback.sh", rollback_script(spec, steps))):
-        final = outdir / name
-        with atomic_output(final, force) as partial:
-            partial.write_text(text)
-            partial.chmod(0o755)
-        written[name] = str(final)
-    return written
+    texts = {"rollback.sh": rollback_script(spec, steps), "run.sh": run_script(spec, steps)}
+    finals = {name: outdir / name for name in texts}
+    if outdir.exists():
+        for final in finals.values():
+            check_output(final, force)
+    partials: dict[str, Path] = {}
+    placed: list[Path] = []
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            fd, made = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial", dir=outdir)
+            partials[name] = Path(made)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fchmod(f.fileno(), 0o755)
+                os.fsync(f.fileno())
+        for name, final in finals.items():
+            if force:
+                os.replace(partials[name], final)
+            else:  # a link fails if the name appeared since the check: never replaced
+                os.link(partials[name], final)
+            placed.append(final)
+    except OSError as exc:
+        for final in placed:  # ours, made a moment ago (without --force nothing was replaced)
+            if not force:
+                final.unlink()
+        if isinstance(exc, FileExistsError):
+            raise InputError(f"output {exc.filename2 or exc.filename} already exists",
+                             hint="add --force to replace it") from exc
+        raise InputError(f"cannot write the scripts into {outdir}: {exc.strerror or exc}",
+                         hint="choose another -o directory or fix its permissions") from exc
+    finally:
+        for tmp in partials.values():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    dirfd = os.open(outdir, os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+    return {name: str(finals[name]) for name in ("run.sh", "rollback.sh")}

@@ -1,9 +1,11 @@
 """Run, resume, roll back and report a cutover, keeping the journal.
 
-``run`` executes the plan's steps in order: for each, a ``do-start`` record, its commands,
-its checks, a ``do-done`` record. A failing command or check (or a dropped ssh connection)
-stops it and rolls back at once: the undo of every step begun, newest first — a half-done step
-included, whose undo tolerates what never happened. A runner that died (SIGKILL) leaves the
+``run`` first checks that every host has what the plan's commands need (preflight.py: a
+missing program is refused before anything changes), then executes the steps in order: for
+each, a ``do-start`` record, its commands, its checks, a ``do-done`` record. A failing command
+or check, a dropped ssh connection, a program that cannot be started, or any other error
+stops it and rolls back at once: the undo of every step begun, newest first — a half-done
+step included, whose undo tolerates what never happened. A runner that died (SIGKILL) leaves the
 journal in progress: ``run`` resumes (an interrupted step whose check passes counts as done,
 otherwise it is undone and done again); ``rollback`` undoes exactly the steps the journal
 says were begun. The downtime window is from the services' stop to the probe answering.
@@ -15,12 +17,13 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from p2vimage.core.errors import PreconditionError, StageError
+from p2vimage.core.errors import P2VError, PreconditionError, StageError
 from p2vimage.core.log import log
 from p2vimage.cutover import journal as jmod
 from p2vimage.cutover import plan as planmod
+from p2vimage.cutover import preflight
 from p2vimage.cutover.spec import Spec
 from p2vimage.cutover.steps import Cmd, Step
 from p2vimage.cutover.transport import SSH_EXIT, Result, Transports
@@ -54,7 +57,8 @@ def _describe(spec: Spec, cmd: Cmd, result: Result) -> str:
 
 
 def execute(spec: Spec, transports: Transports, cmd: Cmd, timeout: float) -> Result:
-    """Run one command on its target (retrying until its deadline when it has one)."""
+    """Run one command on its target (retrying until its deadline when it has one). A program
+    that cannot be started is a failed result (see transport.py), not an exception."""
     transport = transports.get(cmd.target, cmd.via)
     if not cmd.retry:
         return transport.run(cmd.command, timeout)
@@ -83,6 +87,19 @@ def _do(spec: Spec, transports: Transports, journal: jmod.Journal, step: Step) -
                   ends_downtime=step.ends_downtime)
 
 
+def _attempt(spec: Spec, transports: Transports, cmd: Cmd, timeout: float) -> Result:
+    """:func:`execute` for a rollback: whatever goes wrong is a failed result, never an
+    exception that would leave the other undos undone."""
+    try:
+        return execute(spec, transports, cmd, timeout)
+    except Exception as exc:  # the rollback must go on
+        return Result(1, "", _error_text(exc))
+
+
+def _error_text(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, P2VError) else f"{type(exc).__name__}: {exc}"
+
+
 def _checks_pass(spec: Spec, transports: Transports, step: Step) -> bool:
     return bool(step.check) and all(execute(spec, transports, c, 60).ok for c in step.check)
 
@@ -91,17 +108,17 @@ def _undo(spec: Spec, transports: Transports, journal: jmod.Journal, step: Step,
           partial: bool) -> str | None:
     """Undo one step; returns the error (None when undone). A partial step's undo may find
     its change absent: failures are logged, not errors."""
-    journal.write("undo-start", step=step.name, partial=partial)
+    journal.note("undo-start", step=step.name, partial=partial)
     log.info("‣ undo %s%s", step.name, " (half done)" if partial else "")
     for cmd in step.undo:
-        result = execute(spec, transports, cmd, _timeout(step, cmd))
+        result = _attempt(spec, transports, cmd, _timeout(step, cmd))
         if not result.ok:
             message = _describe(spec, cmd, result)
             if not partial:
-                journal.write("undo-failed", step=step.name, error=message)
+                journal.note("undo-failed", step=step.name, error=message)
                 return f"undo {step.name}: {message}"
             log.debug("  (tolerated) %s", message)
-    journal.write("undo-done", step=step.name)
+    journal.note("undo-done", step=step.name)
     return None
 
 
@@ -121,18 +138,53 @@ def _rollback(spec: Spec, transports: Transports, journal: jmod.Journal,
             undone.append(name)
     probe = Cmd("probe", planmod.probe_command(spec, spec.probe.legacy_expect),
                 retry=spec.probe.timeout)
-    answered = execute(spec, transports, probe, 10).ok
+    answered = _attempt(spec, transports, probe, 10).ok
     recovery = round(time.time() - since, 3) if answered else None
-    journal.write("rolled-back", incomplete=bool(errors) or not answered, recovery=recovery,
-                  undone=undone)
+    journal.note("rolled-back", incomplete=bool(errors) or not answered, recovery=recovery,
+                 undone=undone)
     return {"undone": undone, "errors": errors, "legacy_answers": answered,
             "recovery_seconds": recovery}
 
 
+def _step(spec: Spec, transports: Transports, journal: jmod.Journal, step: Step,
+          begun: bool) -> None:
+    """Do STEP; BEGUN: a resumed run found it interrupted (done when its check passes, else
+    undone and done again)."""
+    if begun:
+        if _checks_pass(spec, transports, step):
+            journal.write("do-done", step=step.name, resumed=True,
+                          ends_downtime=step.ends_downtime)
+            return
+        _undo(spec, transports, journal, step, partial=True)
+    _do(spec, transports, journal, step)
+
+
+def _fail(spec: Spec, transports: Transports, journal: jmod.Journal, step: Step,
+          exc: Exception) -> NoReturn:
+    """Roll back after EXC stopped STEP, and raise the StageError that reports it."""
+    failed_at = time.time()
+    error = str(exc) if isinstance(exc, StepFailed) else f"step {step.name}: {_error_text(exc)}"
+    journal.note("failed", step=step.name, error=error)
+    log.error("%s: rolling back", error)
+    rb = _rollback(spec, transports, journal, failed_at)
+    back = (f"rolled back, {spec.probe.url} answers {spec.probe.legacy_expect!r}"
+            f" again {rb['recovery_seconds']} s after the failure"
+            if rb["legacy_answers"] and not rb["errors"] else
+            "ROLLBACK INCOMPLETE: " + "; ".join(
+                rb["errors"] or ["the legacy host does not answer the probe"]))
+    if journal.lost:
+        back += f"; the journal could not be written ({journal.lost}): its status is stale"
+    raise StageError(f"cutover of {spec.name} failed at {error}; {back}",
+                     hint="see 'p2vimage cutover status'; fix the cause and run again"
+                     if rb["legacy_answers"] else "run 'p2vimage cutover rollback' again"
+                     ) from exc
+
+
 def run(spec: Spec, workdir: Path, inject: tuple[str, str] | None = None) -> dict[str, Any]:
-    """Cut over (or resume the interrupted cutover). Raises StageError after an automatic
-    rollback, PreconditionError when another runner holds the lock or the journal belongs to
-    another spec."""
+    """Cut over (or resume the interrupted cutover). Raises PreconditionError before any
+    change when a host lacks what a step needs, another runner holds the lock or the journal
+    belongs to another spec; StageError after an automatic rollback (whatever stopped a
+    step: a command, a check, or an unexpected error)."""
     runmod.require_tools(TOOLS)
     steps = planmod.build(spec, inject)
     journal = jmod.Journal(workdir)
@@ -148,39 +200,25 @@ def run(spec: Spec, workdir: Path, inject: tuple[str, str] | None = None) -> dic
         resuming = st.status == "in-progress"
         if resuming:
             jmod.check_digest(st, spec.digest)
-            log.info("resuming the interrupted cutover %s (done: %s)", st.run,
-                     ", ".join(st.done) or "nothing")
-        elif steps:
-            journal.write("begin", run=uuid.uuid4().hex[:12], digest=spec.digest,
-                          profile=spec.profile, steps=[s.name for s in steps], pid=os.getpid(),
-                          inject=":".join(inject) if inject else None)
         transports = _transports(spec)
         try:
+            if steps:  # nothing has changed yet: refuse what would fail half-way
+                preflight.check(spec, transports, steps, "maintenance"
+                                if resuming and "maintenance" in st.done else "direct")
+            if resuming:
+                log.info("resuming the interrupted cutover %s (done: %s)", st.run,
+                         ", ".join(st.done) or "nothing")
+            elif steps:
+                journal.write("begin", run=uuid.uuid4().hex[:12], digest=spec.digest,
+                              profile=spec.profile, steps=[s.name for s in steps],
+                              pid=os.getpid(), inject=":".join(inject) if inject else None)
             for step in steps:
                 if step.name in st.done and step.name != st.current:
                     continue
-                if resuming and step.name in st.started:
-                    if _checks_pass(spec, transports, step):
-                        journal.write("do-done", step=step.name, resumed=True,
-                                      ends_downtime=step.ends_downtime)
-                        continue
-                    _undo(spec, transports, journal, step, partial=True)
                 try:
-                    _do(spec, transports, journal, step)
-                except StepFailed as exc:
-                    failed_at = time.time()
-                    journal.write("failed", step=step.name, error=str(exc))
-                    log.error("%s: rolling back", exc)
-                    rb = _rollback(spec, transports, journal, failed_at)
-                    back = (f"rolled back, {spec.probe.url} answers {spec.probe.legacy_expect!r}"
-                            f" again {rb['recovery_seconds']} s after the failure"
-                            if rb["legacy_answers"] and not rb["errors"] else
-                            "ROLLBACK INCOMPLETE: " + "; ".join(
-                                rb["errors"] or ["the legacy host does not answer the probe"]))
-                    raise StageError(f"cutover of {spec.name} failed at {exc}; {back}",
-                                     hint="see 'p2vimage cutover status'; fix the cause and "
-                                          "run again" if rb["legacy_answers"] else
-                                          "run 'p2vimage cutover rollback' again") from exc
+                    _step(spec, transports, journal, step, resuming and step.name in st.started)
+                except Exception as exc:  # whatever it was, undo what was done
+                    _fail(spec, transports, journal, step, exc)
             if steps:
                 journal.write("finished")
         finally:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import ipaddress
 import re
+import sys
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -279,6 +280,10 @@ def load(path: Path, profile: str | None = None) -> Spec:
         stop=_commands(lt, "stop", (Command.of("/etc/init.d/util-vserver", "stop"),)),
         start=_commands(lt, "start", (Command.of("/etc/init.d/util-vserver", "start"),)))
     lt.done()
+    if legacy.maintenance_ip.ip == public_ip.ip:
+        raise lt.fail("maintenance_ip", f"{legacy.maintenance_ip.ip} is the public IP",
+                      hint="the maintenance address must stay on the legacy host when the "
+                           "public IP leaves it: give another address")
 
     nt = top.sub("node", required=True)
     assert nt is not None
@@ -287,6 +292,11 @@ def load(path: Path, profile: str | None = None) -> Spec:
                 bridge=nt.text("bridge", required=True, pattern=_IFNAME),
                 arping=nt.text("arping", "arping", pattern=_PROGRAM))
     nt.done()
+    for other, what in ((public_ip, "the public IP"),
+                        (legacy.maintenance_ip, "the legacy host's maintenance address")):
+        if node.maintenance_ip.ip == other.ip:
+            raise nt.fail("maintenance_ip", f"{node.maintenance_ip.ip} is {what}",
+                          hint="give the node an address of its own")
 
     pt = top.sub("probe", required=True)
     assert pt is not None
@@ -297,9 +307,14 @@ def load(path: Path, profile: str | None = None) -> Spec:
     timeout = pt.raw("timeout", 10.0)
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
         raise pt.fail("timeout", f"{timeout!r} is not a positive number of seconds")
-    probe = Probe(access=_access(pt), url=url, expect=pt.text("expect", required=True),
-                  legacy_expect=pt.text("legacy_expect", required=True),
-                  timeout=float(timeout))
+    expects = {}
+    for key in ("expect", "legacy_expect"):
+        expects[key] = pt.text(key, required=True)
+        if not expects[key].strip():  # grep -F '' matches anything: a check that always passes
+            raise pt.fail(key, "is empty or blank",
+                          hint="give text the answer contains (and the other host's does not)")
+    probe = Probe(access=_access(pt), url=url, expect=expects["expect"],
+                  legacy_expect=expects["legacy_expect"], timeout=float(timeout))
     pt.done()
 
     ht = top.sub("hooks", required=True)
@@ -307,9 +322,11 @@ def load(path: Path, profile: str | None = None) -> Spec:
     source = ht.text("source", "")
     staging = ht.text("staging", "")
     image = ht.text("image", "")
-    sync_default = (Command.of("p2vimage", "sync", "--final", source, staging),) \
+    # this very p2vimage (its interpreter), not whatever is called p2vimage on PATH
+    self_argv = (sys.executable, "-m", "p2vimage")
+    sync_default = (Command.of(*self_argv, "sync", "--final", source, staging),) \
         if source and staging else None
-    refresh_default = (Command.of("p2vimage", "build", "--refresh", staging, "-o", image),) \
+    refresh_default = (Command.of(*self_argv, "build", "--refresh", staging, "-o", image),) \
         if staging and image else None
     hooks = Hooks(final_sync=_commands(ht, "final_sync", sync_default),
                   refresh=_commands(ht, "refresh", refresh_default),

@@ -63,10 +63,23 @@ class Cmd:
 
 
 @dataclasses.dataclass(frozen=True)
+class Need:
+    """Something a step's shell commands need on a target, checked before the first step:
+    a program (a name looked up on PATH, or a path that must be executable) or a path that
+    must be writable. ``optional`` (why it may be missing) makes a missing one a warning."""
+
+    target: Target
+    program: str = ""
+    writable: str = ""
+    optional: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Step:
     """One step of the cutover. ``do`` makes the change, ``check`` proves it (and tells a
     resumed run that an interrupted step took effect), ``undo`` reverts it (and must also work
-    on a half-done step: its commands tolerate the change being absent)."""
+    on a half-done step: its commands tolerate the change being absent). ``needs``: what its
+    shell commands run besides ``sh`` (an argv command's program is read from its argv)."""
 
     name: str
     title: str
@@ -75,6 +88,7 @@ class Step:
     check: tuple[Cmd, ...] = ()
     starts_downtime: bool = False  # the services stop here
     ends_downtime: bool = False  # the probe that proves the public IP answers again
+    needs: tuple[Need, ...] = ()
 
 
 STEP_NAMES = ("maintenance", "bridge", "proxy-arp", "stop", "remove-ip", "boot", "route",

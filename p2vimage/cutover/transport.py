@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from p2vimage.core.errors import StageError
+from p2vimage.core.errors import PreconditionError, StageError
 from p2vimage.cutover.spec import Access, Ssh
 from p2vimage.cutover.steps import Command
 from p2vimage.host import run as runmod
@@ -119,10 +119,17 @@ class SshHost:
 
 
 def _run(argv: list[str], timeout: float) -> Result:
+    """Run ARGV; a program that cannot be started is a failed command (127 not found, 126
+    not executable, as sh reports them), never an exception: the runner rolls back."""
     try:
         proc = runmod.run(argv, check=False, timeout=timeout, what=Path(argv[0]).name)
     except StageError as exc:  # the timeout
         return Result(124, "", exc.message)
+    except PreconditionError as exc:  # not on PATH
+        return Result(127, "", exc.message)
+    except OSError as exc:  # removed, not executable, not a program
+        code = 127 if isinstance(exc, FileNotFoundError) else 126
+        return Result(code, "", f"cannot run {argv[0]}: {exc.strerror or exc}")
     return Result(proc.returncode, proc.stdout or "", proc.stderr or "")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,13 +131,24 @@ def test_failure_rolls_back(rig: Rig, tmp_path: Path, step: str, kind: str) -> N
     recovery = state["recovery"]
     assert isinstance(recovery, float)
     RECOVERY[f"{step}:{kind}"] = recovery
+    assert recovery < 5
 
 
-def _blocked_runner(rig: Rig, spec: Path, work: Path) -> subprocess.Popen[str]:
-    """A runner stuck in the final sync (the hook waits for a file), killed -9 there."""
+def _gated_spec(rig: Rig, tmp_path: Path) -> Path:
+    """A spec whose final sync waits for the rig's sync-gate file."""
+    gate = rig.top / "sync-gate"
+    gate.unlink(missing_ok=True)
+    (rig.top / "sync-started").unlink(missing_ok=True)
+    hook = (f"touch {rig.top / 'sync-started'}; "
+            f"while [ ! -e {gate} ]; do sleep 0.05; done")
+    return rig.spec(tmp_path / "ns1.toml", final_sync=[hook])
+
+
+def _start_blocked_runner(rig: Rig, spec: Path, work: Path) -> subprocess.Popen[str]:
+    """A runner stuck in the final sync of a _gated_spec (the downtime has begun)."""
     proc = subprocess.Popen([*rig.exec("desk"), sys.executable, "-m", "p2vimage", "--workdir",
                              str(work), "cutover", "run", str(spec)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     journal = work / "cutover/journal.jsonl"
     deadline = time.monotonic() + 30
@@ -143,21 +156,23 @@ def _blocked_runner(rig: Rig, spec: Path, work: Path) -> subprocess.Popen[str]:
                and (rig.top / "sync-started").exists()):
         assert proc.poll() is None and time.monotonic() < deadline, "runner never blocked"
         time.sleep(0.05)
+    return proc
+
+
+def _blocked_runner(rig: Rig, spec: Path, work: Path) -> subprocess.Popen[str]:
+    """A runner stuck in the final sync, killed -9 there."""
+    proc = _start_blocked_runner(rig, spec, work)
     other = rig.cli("cutover", "run", spec, workdir=work)
     assert_one_line_error(other, 3, "another cutover runner")
     os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     return proc
 
 
 @pytest.mark.parametrize("then", ["resume", "rollback"])
 def test_runner_killed_mid_cutover(rig: Rig, tmp_path: Path, then: str) -> None:
     gate = rig.top / "sync-gate"
-    gate.unlink(missing_ok=True)
-    (rig.top / "sync-started").unlink(missing_ok=True)
-    hook = (f"touch {rig.top / 'sync-started'}; "
-            f"while [ ! -e {gate} ]; do sleep 0.05; done")
-    spec = rig.spec(tmp_path / "ns1.toml", final_sync=[hook])
+    spec = _gated_spec(rig, tmp_path)
     work = tmp_path / "work"
     _blocked_runner(rig, spec, work)
 
@@ -186,6 +201,96 @@ def test_runner_killed_mid_cutover(rig: Rig, tmp_path: Path, then: str) -> None:
         assert json.loads(proc.stdout)["undone"] == ["stop", "remove-ip", "proxy-arp",
                                                      "bridge", "maintenance"]
     assert_legacy(rig)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_run_points_to_status_and_rollback(rig: Rig, tmp_path: Path,
+                                                       sig: signal.Signals) -> None:
+    """Ctrl-C (or SIGTERM) mid-cutover: the network is half moved, so the one line names the
+    step and the exact status and rollback commands — never 'start over'."""
+    spec = _gated_spec(rig, tmp_path)
+    work = tmp_path / "work"
+    proc = _start_blocked_runner(rig, spec, work)
+    os.kill(proc.pid, sig)  # the python process itself: ip netns exec execs it
+    _, stderr = proc.communicate(timeout=60)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
+    assert_one_line_error(done, 130, "interrupted during step stop",
+                          f"p2vimage --workdir {work} cutover status {spec}",
+                          f"p2vimage --workdir {work} cutover rollback {spec}")
+    assert "start over" not in stderr
+    state = status(rig, spec, work)
+    assert state["status"] == "in-progress" and state["current"] == "stop"
+    assert state["runner_active"] is False
+    back = rig.cli("cutover", "rollback", spec, workdir=work)  # what the hint says
+    assert back.returncode == 0, back.stderr[-3000:]
+    assert_legacy(rig)
+
+
+@pytest.mark.parametrize("missing", ["hook", "unboot", "node-arping", "legacy-stop"])
+def test_missing_program_is_refused_before_any_change(rig: Rig, tmp_path: Path,
+                                                      missing: str) -> None:
+    """A program a step (or its undo) needs is missing on the host that runs it: refused
+    with one line naming host and program before the first step (exit 3) — it used to stop
+    the run inside the downtime with the public IP gone and no rollback."""
+    gone = str(tmp_path / "no-such-service")
+    hooks: dict[str, Any] = {
+        "hook": {"final_sync": [["p2vimage-no-such-hook", "--final"]]},
+        "unboot": {"unboot": [["p2vimage-no-such-unboot"]]}}.get(missing, {})
+    arping = "p2vimage-no-such-arping" if missing == "node-arping" else "arping"
+    spec = rig.spec(tmp_path / "ns1.toml", arping=arping, **hooks)
+    if missing == "legacy-stop":
+        text = spec.read_text()
+        spec.write_text(text.replace(json.dumps(rig.service("legacy", "stop")),
+                                     json.dumps([gone, "stop"])))
+    work = tmp_path / "work"
+    proc = rig.cli("cutover", "run", spec, workdir=work)
+    where, program = {"hook": ("this host", "p2vimage-no-such-hook not found"),
+                      "unboot": ("this host", "p2vimage-no-such-unboot not found"),
+                      "node-arping": ("the node", "p2vimage-no-such-arping not found"),
+                      "legacy-stop": (f"the legacy host {PUBLIC_IP}",
+                                      f"{gone} missing or not executable")}[missing]
+    assert_one_line_error(proc, 3, "nothing changed", f"{where}", program)
+    assert rig.get() == "legacy"
+    assert_legacy(rig)
+    assert status(rig, spec, work)["status"] == "none"  # not even a run begun
+
+
+@pytest.mark.parametrize("how", ["removed", "not-executable", "gone-from-path", "journal"])
+def test_error_inside_the_downtime_rolls_back(rig: Rig, tmp_path: Path, how: str) -> None:
+    """What the preflight saw is gone when the step runs — the hook's program removed or made
+    non-executable, or the journal made unwritable (an OSError in the runner itself): the
+    run rolls back like a failed step (exit 1) and the client reaches the legacy host."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    program = bindir / "p2v-test-hook"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    work = tmp_path / "work"
+    journal = work / "cutover/journal.jsonl"
+    before, hook, cause = {
+        "removed": (f"rm {program}", [str(program)], "exit 127"),
+        "not-executable": (f"chmod a-x {program}", [str(program)], "exit 126"),
+        "gone-from-path": (f"rm {program}", [program.name], "p2v-test-hook not found"),
+        "journal": (f"chattr +i {journal}", ["true"], "PermissionError")}[how]
+    spec = rig.spec(tmp_path / "ns1.toml", final_sync=[before], refresh=[hook])
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    try:
+        proc = rig.cli("cutover", "run", spec, workdir=work, env=env)
+    finally:
+        if journal.exists():
+            sh("chattr", "-i", str(journal))
+    assert_one_line_error(proc, 1, "failed at step stop", cause, "rolled back")
+    assert rig.get() == "legacy"
+    assert_legacy(rig)
+    found = re.search(r"again ([0-9.]+) s after the failure", proc.stderr)
+    assert found, proc.stderr
+    assert float(found.group(1)) < 5
+    RECOVERY[f"stop:{how}"] = float(found.group(1))
+    state = status(rig, spec, work)
+    if how == "journal":
+        assert "the journal could not be written" in proc.stderr
+    else:
+        assert state["status"] == "rolled-back" and state["failed"] == "stop"
 
 
 HOSTILE = "; rm -rf / $(touch {c}) `touch {c}` ' \" \\ |&<>*?"

@@ -3,8 +3,10 @@ are refused with one line (exit 2 through the CLI); free text is quoted, never r
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from p2vimage.core.errors import InputError
 from p2vimage.cutover import plan as planmod
 from p2vimage.cutover import spec as specmod
 from p2vimage.cutover.steps import Command
-from tests.conftest import assert_one_line_error, p2v
+from tests.conftest import REPO, assert_one_line_error, p2v
 
 SPEC = """
 name = "ns1"
@@ -81,11 +83,54 @@ def test_valid_spec_loads(tmp_path: Path) -> None:
     assert spec.address == "192.0.2.10" and spec.profile == "fast"
     assert spec.legacy.access.ssh and spec.legacy.access.ssh.user == "root"
     assert spec.legacy.stop == (Command.of("/etc/init.d/util-vserver", "stop"),)
-    assert spec.hooks.final_sync == (Command.of("p2vimage", "sync", "--final",
-                                                "ssh://root@ns1.example.org/",
+    assert spec.hooks.final_sync == (Command.of(sys.executable, "-m", "p2vimage", "sync",
+                                                "--final", "ssh://root@ns1.example.org/",
                                                 "/srv/staging/ns1"),)
     assert spec.hooks.unboot == (Command.sh("echo stop the instance"),)
     assert spec.probe.url == "http://192.0.2.10/"
+
+
+def test_default_hooks_run_this_p2vimage_not_one_on_path(tmp_path: Path) -> None:
+    """The default final sync and refresh run the p2vimage that runs the cutover (its own
+    interpreter): they work with no p2vimage on PATH at all."""
+    spec = specmod.load(write(tmp_path, SPEC))
+    for hook, verb in ((spec.hooks.final_sync, "sync"), (spec.hooks.refresh, "build")):
+        (command,) = hook
+        assert command.argv[:4] == (sys.executable, "-m", "p2vimage", verb)
+        proc = subprocess.run([*command.argv[:4], "--help"], capture_output=True, text=True,
+                              check=False, cwd=REPO, env={**os.environ, "PATH": "/nonexistent"})
+        assert proc.returncode == 0, proc.stderr
+        assert f"Usage: p2vimage {verb}" in proc.stdout
+
+
+# (table, key, value): values that parse but make no sense for a cutover
+SEMANTIC = [
+    ("legacy", "maintenance_ip", "192.0.2.10/24"),   # the public IP: it would leave with it
+    ("legacy", "maintenance_ip", "192.0.2.10/32"),   # the same address, another prefix
+    ("node", "maintenance_ip", "192.0.2.10/24"),     # the public IP
+    ("node", "maintenance_ip", "192.0.2.10/16"),
+    ("node", "maintenance_ip", "198.51.100.10/24"),  # the legacy host's maintenance address
+    ("node", "maintenance_ip", "198.51.100.10/32"),
+    ("probe", "expect", ""),                         # grep -F '' matches any answer
+    ("probe", "expect", "   "),
+    ("probe", "expect", "\t"),
+    ("probe", "legacy_expect", ""),
+    ("probe", "legacy_expect", " \t "),
+]
+
+
+@pytest.mark.parametrize(("table", "key", "value"), SEMANTIC)
+def test_meaningless_values_are_refused_at_load(tmp_path: Path, table: str, key: str,
+                                                value: str) -> None:
+    path = write(tmp_path, with_value(table, key, value))
+    before = path.read_bytes()
+    with pytest.raises(InputError) as err:
+        specmod.load(path)
+    assert f"{table}.{key}:" in err.value.message and "\n" not in err.value.one_line()
+    for verb in ("plan", "status"):  # (never 'run' here: this host's network is no rig)
+        assert_one_line_error(p2v("--workdir", tmp_path / "work", "cutover", verb, path), 2,
+                              f"{table}.{key}")
+    assert path.read_bytes() == before and not (tmp_path / "work").exists()
 
 
 def test_unknown_key_is_refused(tmp_path: Path) -> None:
