@@ -119,16 +119,16 @@ def _loop_inode(device: Path) -> tuple[int, int] | None:
     return os.makedev((enc & 0xFFF00) >> 8, (enc & 0xFF) | ((enc >> 12) & 0xFFF00)), ino
 
 
-def backing_files(rdev: int, seen: set[int] | None = None) -> dict[tuple[int, int], str]:
-    """{(st_dev, st_ino): name} of every regular file that block device ``rdev`` stores its
-    data in: the file of a loop device, found through partitions (their disk) and
-    device-mapper or md devices (their slaves), recursively."""
+def backing_files(rdev: int, seen: set[int] | None = None) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of every regular file that block device ``rdev`` stores its data in:
+    the file of a loop device, found through partitions (their disk) and device-mapper or md
+    devices (their slaves), recursively."""
     seen = set() if seen is None else seen
     if rdev in seen:
-        return {}
+        return set()
     seen.add(rdev)
     sysdir = _sysdir(rdev).resolve()
-    found: dict[tuple[int, int], str] = {}
+    found: set[tuple[int, int]] = set()
     lower = [sysdir.parent / "dev"] if (sysdir / "partition").exists() else []
     with contextlib.suppress(OSError):
         lower += [slave / "dev" for slave in (sysdir / "slaves").iterdir()]
@@ -136,13 +136,13 @@ def backing_files(rdev: int, seen: set[int] | None = None) -> dict[tuple[int, in
         name = (sysdir / "loop/backing_file").read_text().rstrip("\n")
         st = os.stat(name)  # fails for a name removed since (" (deleted)")
         if stat.S_ISREG(st.st_mode):
-            found[(st.st_dev, st.st_ino)] = name
+            found.add((st.st_dev, st.st_ino))
         elif stat.S_ISBLK(st.st_mode):
-            found.update(backing_files(st.st_rdev, seen))
+            found |= backing_files(st.st_rdev, seen)
     for dev in lower:
         with contextlib.suppress(OSError, ValueError):
             major, minor = dev.read_text().strip().split(":")
-            found.update(backing_files(os.makedev(int(major), int(minor)), seen))
+            found |= backing_files(os.makedev(int(major), int(minor)), seen)
     return found
 
 
