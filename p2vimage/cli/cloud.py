@@ -127,12 +127,21 @@ def register(group: click.Group) -> None:
     @group.command("write-volume")
     @click.argument("image", type=click.Path(path_type=Path))
     @click.argument("device", type=click.Path(path_type=Path))
-    @_dry_run
+    @click.option("--create", is_flag=True,
+                  help="DEVICE is a new regular file: create it (never under /dev).")
+    @click.option("--force", is_flag=True, help="DEVICE is an existing regular file: "
+                  "overwrite it.")
+    @click.option("--dry-run", is_flag=True,
+                  help="Say what it would write where, refusing what a run refuses; write "
+                  "nothing.")
     @click.pass_obj
-    def write_volume_cmd(settings: Settings, image: Path, device: Path, dry_run: bool) -> None:
-        """Write raw IMAGE into DEVICE (an attached volume, an LVM volume, or a file),
-        sparsely, zeroing the rest of the image extent, and verify by reading back."""
-        report = blockdev.write_volume(image, device, dry_run=dry_run)
+    def write_volume_cmd(settings: Settings, image: Path, device: Path, create: bool,
+                         force: bool, dry_run: bool) -> None:
+        """Write raw IMAGE into DEVICE (an attached volume or an LVM volume; a file with
+        --create or --force), sparsely, zeroing the rest of the image extent, and verify by
+        reading back. DEVICE is never the image, or a device backed by it."""
+        report = blockdev.write_volume(image, device, dry_run=dry_run, create=create,
+                                       force=force)
         _emit(settings, report, blockdev.lines(report))
 
     @group.group("cloud")

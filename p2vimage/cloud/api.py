@@ -1,12 +1,14 @@
 """OpenStack: the image in Glance, a volume from it in Cinder, a server from that volume in Nova.
 
 The only module that imports openstacksdk (and keystoneauth1). Credentials come from
-clouds.yaml / ``OS_*`` through ``openstack.connect(cloud=NAME)`` and nothing here logs them.
+clouds.yaml / ``OS_*`` through openstacksdk's config loader and nothing here logs them.
 Every resource made is named and carries ``p2vimage:host=HOST`` and ``p2vimage:run=RUN``
 (image tags; volume and server metadata) so ``cleanup`` finds leftovers. Every verb has a
-dry run that lists the API calls it would make and connects to nothing.
+dry run that reads the cloud's settings as a run does (``cloud_region``: defined, parsable,
+complete), lists the API calls it would make and connects to nothing.
 
-Errors: a cloud not in clouds.yaml, an unknown flavor, zone, network, key or image → InputError
+Errors: no cloud, a clouds.yaml that cannot be parsed, a cloud not in clouds.yaml, an
+unknown flavor, zone, network, key or image → InputError
 (2); refused credentials, an unreachable endpoint, a missing service, a quota or size cap (HTTP
 413) → PreconditionError (3); a resource that goes to error, a checksum mismatch, a lost
 connection → StageError (1), after deleting what this run created.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import json
 import math
 import os
 import secrets
@@ -26,8 +30,12 @@ from typing import Any
 
 import keystoneauth1.exceptions as ksa_exc
 import openstack
+import openstack.config
+import openstack.connection
 import openstack.exceptions as sdk_exc
 import requests
+import yaml  # type: ignore[import-untyped]  # what openstacksdk's loader parses with
+from openstack.config import loader
 from openstack.image.v2.image import Image
 
 from p2vimage.cloud import upload as up
@@ -68,20 +76,94 @@ class Call:
 # -- connecting and translating errors ---------------------------------------------------
 
 
-def connect(cloud: str | None) -> Any:
-    """An authorized connection to ``cloud`` (default $OS_CLOUD, else the OS_* variables)."""
+def _search(env: str, files: list[str]) -> list[str]:
+    """The loader's search list: the file named by ``env``, then its default files
+    (clouds.yaml/.yml/.json in ./, ~/.config/openstack and /etc/openstack, in that order)."""
+    override = os.environ.get(env)
+    return [override, *files] if override else list(files)
+
+
+def _parse_error(exc: Exception) -> str:
+    """' at line N: what' from a YAML or JSON parse error."""
+    mark, context = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+    line = mark.line + 1 if mark is not None else getattr(exc, "lineno", None)
+    text = str(getattr(exc, "problem", None) or getattr(exc, "msg", None) or exc)
+    if context is not None and getattr(exc, "context", None):
+        text += f" ({exc.context} at line {context.line + 1})"  # type: ignore[attr-defined]
+    return f" at line {line}: {text}" if line else f": {text}"
+
+
+def _unparsable(files: list[str]) -> InputError | None:
+    """The error for the first existing file of ``files`` when it cannot be parsed.
+
+    The loader reads the first file that exists and parses, and skips the others with a
+    warning nobody sees: a broken clouds.yaml would make its clouds "not defined".
+    """
+    for path in files:
+        if not os.path.exists(path):
+            continue
+        try:
+            with open(path) as f:
+                json.load(f) if path.endswith("json") else yaml.safe_load(f)  # as the loader
+        except OSError as exc:
+            if exc.errno == errno.EACCES:
+                continue  # the loader skips it too
+            return InputError(f"cannot read {path}: {exc.strerror}", hint="check the path")
+        except (ValueError, yaml.YAMLError) as exc:
+            return InputError(f"cannot parse {path}{_parse_error(exc)}",
+                              hint="fix it (openstacksdk would skip it without a word and "
+                              "read the next file)")
+        return None
+    return None
+
+
+def cloud_region(cloud: str | None) -> tuple[str, Any]:
+    """The cloud's settings read locally, as a run reads them and without connecting:
+    (label for messages, openstacksdk CloudRegion). ``cloud`` defaults to $OS_CLOUD, else
+    the OS_* variables.
+
+    Raises InputError: no cloud given, a clouds.yaml (or secure.yaml) that cannot be parsed,
+    a cloud that is not defined, settings the loader rejects or that are incomplete.
+    """
     name = cloud or os.environ.get("OS_CLOUD")
     if not name and not os.environ.get("OS_AUTH_URL"):
         raise InputError("no cloud given", hint="pass --os-cloud NAME (an entry of clouds.yaml)"
                          " or set OS_CLOUD, or the OS_AUTH_URL… variables")
     label = name or "from OS_* variables"
+    override = os.environ.get("OS_CLIENT_CONFIG_FILE")
+    if override and not os.path.exists(override):
+        raise InputError(f"OS_CLIENT_CONFIG_FILE names {override}, which does not exist",
+                         hint="point it at your clouds.yaml, or unset it")
+    for env, files in (("OS_CLIENT_CONFIG_FILE", loader.CONFIG_FILES),
+                       ("OS_CLIENT_SECURE_FILE", loader.SECURE_FILES)):
+        error = _unparsable(_search(env, files))
+        if error:
+            raise error
     try:
-        conn = openstack.connect(cloud=name) if name else openstack.connect()
+        config = openstack.config.OpenStackConfig()
     except sdk_exc.ConfigException as exc:
-        where = os.environ.get("OS_CLIENT_CONFIG_FILE") or "clouds.yaml"
-        raise InputError(f"cloud {label!r} is not defined in {where}",
+        raise InputError(f"cannot use the cloud settings: {exc}",
+                         hint="fix clouds.yaml or the OS_* variables") from exc
+    if name and name not in config.get_cloud_names():
+        where = config.config_filename
+        raise InputError(f"cloud {label!r} is not defined in "
+                         f"{where or 'any clouds.yaml (none found)'}",
                          hint="add it to clouds.yaml (or point OS_CLIENT_CONFIG_FILE at the "
-                         "file that has it) and pass its name with --os-cloud") from exc
+                         "file that has it) and pass its name with --os-cloud")
+    try:
+        return label, config.get_one(cloud=name)
+    except sdk_exc.ConfigException as exc:
+        raise InputError(f"cloud {label!r} cannot be used: {exc}",
+                         hint="fix its entry in clouds.yaml or the OS_* variables") from exc
+    except Exception as exc:
+        raise translate(exc, "reading its settings", label) from exc
+
+
+def connect(cloud: str | None) -> Any:
+    """An authorized connection to ``cloud`` (default $OS_CLOUD, else the OS_* variables);
+    its settings are read by ``cloud_region`` (whose errors it raises)."""
+    label, region = cloud_region(cloud)
+    conn = openstack.connection.Connection(config=region)
     try:
         conn.session.get_token()
     except Exception as exc:
@@ -239,8 +321,9 @@ def upload(opts: UploadOptions) -> dict[str, Any]:
     up.check_compression(opts.disk_format, opts.compression)
     props = up.image_props(opts.image).properties()
     if opts.dry_run:
-        return {"dry_run": True, "calls": [c.text() for c in upload_plan(opts, props)],
-                "properties": props}
+        label, _ = cloud_region(opts.cloud)
+        return {"dry_run": True, "cloud": label, "properties": props,
+                "calls": [c.text() for c in upload_plan(opts, props)]}
     cloud = opts.cloud or os.environ.get("OS_CLOUD") or "OS_*"
     conn = connect(opts.cloud)
     started = time.monotonic()
@@ -404,9 +487,10 @@ def volume(opts: VolumeOptions) -> dict[str, Any]:
     Waits for ``available`` (``error`` fails); a volume that fails is deleted.
     """
     if opts.dry_run:
+        label, _ = cloud_region(opts.cloud)
         req = volume_request(opts, f"<id of {opts.image}>", opts.size_gb or 0,
                              opts.host or "<host from the image's tag>")
-        return {"dry_run": True, "calls": [c.text() for c in [
+        return {"dry_run": True, "cloud": label, "calls": [c.text() for c in [
             Call("image.find_image", {"name_or_id": opts.image}),
             Call("block_storage.availability_zones"),
             Call("block_storage.create_volume", req),
@@ -508,10 +592,11 @@ def boot(opts: BootOptions) -> dict[str, Any]:
     if opts.security_groups and opts.network == "none":
         raise InputError("security groups need a network", hint="give --network too")
     if opts.dry_run:
+        label, _ = cloud_region(opts.cloud)
         req = server_request(opts, f"<id of {opts.volume}>", f"<id of {opts.flavor}>",
                              None if opts.network == "none" else f"<id of {opts.network}>",
                              opts.host or "<host from the volume's metadata>")
-        return {"dry_run": True, "calls": [c.text() for c in [
+        return {"dry_run": True, "cloud": label, "calls": [c.text() for c in [
             Call("block_storage.find_volume", {"name_or_id": opts.volume}),
             Call("compute.find_flavor", {"name_or_id": opts.flavor}),
             *([Call("network.find_network", {"name_or_id": opts.network})]
@@ -606,13 +691,32 @@ def _wait_detached(conn: Any, vol: Any, seconds: float = 300) -> None:
         vol = conn.block_storage.get_volume(vol.id)
 
 
+def cleanup_plan(host: str, run: str | None) -> list[Call]:
+    """The calls ``cleanup`` makes (what --dry-run prints): list each kind, keep what is
+    marked, delete it; servers first (they hold the volumes), volumes, images."""
+    marks = {TAG_HOST: host, **({TAG_RUN: run} if run else {})}
+    tagged = [f"{k}={v}" for k, v in marks.items()]
+    return [Call("compute.servers", {"details": True, "metadata": marks}),
+            Call("compute.delete_server", {"server": "<each server found>"}),
+            Call("block_storage.volumes", {"details": True, "metadata": marks}),
+            Call("block_storage.delete_volume", {"volume": "<each volume found, once "
+                                                 "detached>"}),
+            Call("image.images", {"tag": tagged[0], **({"also_tagged": tagged[1]}
+                                                       if run else {})}),
+            Call("image.delete_image", {"image": "<each image found>"})]
+
+
 def cleanup(cloud_name: str | None, host: str, run: str | None = None,
             dry_run: bool = False) -> dict[str, Any]:
     """Find (and unless ``dry_run`` delete) servers, volumes and images marked for ``host``.
 
     Servers go first (they hold the volumes), volumes next, images last. A service the cloud
-    does not have is skipped.
+    does not have is skipped. A dry run checks the cloud's settings and connects to nothing.
     """
+    if dry_run:
+        label, _ = cloud_region(cloud_name)
+        return {"host": host, "run": run, "cloud": label, "dry_run": True,
+                "calls": [c.text() for c in cleanup_plan(host, run)]}
     cloud = cloud_name or os.environ.get("OS_CLOUD") or "OS_*"
     conn = connect(cloud_name)
     found: dict[str, list[dict[str, str]]] = {"servers": [], "volumes": [], "images": []}
@@ -636,28 +740,32 @@ def cleanup(cloud_name: str | None, host: str, run: str | None = None,
         except Exception as exc:
             raise translate(exc, f"listing {kind}", cloud) from exc
         found[kind] = [{"id": r.id, "name": r.name or ""} for r in resources[kind]]
-    if not dry_run:
-        for kind in ("servers", "volumes", "images"):
-            for res in resources[kind]:
-                with api(f"deleting {kind[:-1]} {res.id}", cloud):
-                    if kind == "servers":
-                        conn.compute.delete_server(res, ignore_missing=True)
-                        conn.compute.wait_for_delete(res, interval=1, wait=300)
-                    elif kind == "volumes":
-                        _wait_detached(conn, res)
-                        conn.block_storage.delete_volume(res, ignore_missing=True)
-                        conn.block_storage.wait_for_delete(res, interval=1, wait=300)
-                    else:
-                        conn.image.delete_image(res, ignore_missing=True)
-    return {"host": host, "run": run, "cloud": cloud, "dry_run": dry_run, "found": found,
+    for kind in ("servers", "volumes", "images"):
+        for res in resources[kind]:
+            with api(f"deleting {kind[:-1]} {res.id}", cloud):
+                if kind == "servers":
+                    conn.compute.delete_server(res, ignore_missing=True)
+                    conn.compute.wait_for_delete(res, interval=1, wait=300)
+                elif kind == "volumes":
+                    _wait_detached(conn, res)
+                    conn.block_storage.delete_volume(res, ignore_missing=True)
+                    conn.block_storage.wait_for_delete(res, interval=1, wait=300)
+                else:
+                    conn.image.delete_image(res, ignore_missing=True)
+    return {"host": host, "run": run, "cloud": cloud, "dry_run": False, "found": found,
             "skipped_services": skipped,
             "calls": [f"{kind[:-1]}.delete({r['id']!r})  # {r['name']}"
                       for kind in found for r in found[kind]]}
 
 
 def cleanup_lines(report: dict[str, Any]) -> list[str]:
-    verb = "would delete" if report["dry_run"] else "deleted"
-    out = [f"{verb} {kind[:-1]} {r['id']} ({r['name']})"
+    if report["dry_run"]:
+        marks = f"{TAG_HOST}={report['host']}" + (f", {TAG_RUN}={report['run']}"
+                                                  if report["run"] else "")
+        return [f"would find the servers, volumes and images marked {marks} in cloud "
+                f"{report['cloud']!r} and delete them:",
+                *(f"  would call: {c}" for c in report["calls"])]
+    out = [f"deleted {kind[:-1]} {r['id']} ({r['name']})"
            for kind, items in report["found"].items() for r in items]
     if not out:
         out.append(f"nothing marked {TAG_HOST}={report['host']} in cloud {report['cloud']!r}")

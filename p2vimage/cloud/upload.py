@@ -245,10 +245,28 @@ def guest_props(view: FileView) -> GuestProps:
     return GuestProps(distro, version, arch, min(v for v, _ in kernels) if kernels else None)
 
 
+# the first bytes of the image formats that are not raw (qemu's block drivers probe them so)
+FOREIGN = {b"QFI\xfb": "qcow2", b"QED\x00": "qed", b"KDMV": "vmdk", b"vhdxfile": "vhdx",
+           b"conectix": "vpc"}
+
+
+def check_raw(image: Path) -> None:
+    """Refuse an ``image`` that is missing, not a regular file, or in a non-raw format."""
+    if not image.exists():
+        raise InputError(f"image {image} does not exist", hint="check the path")
+    if not image.is_file():
+        raise InputError(f"image {image} is not a regular file", hint="give the raw image file")
+    with open(image, "rb") as f:
+        head = f.read(8)
+    for magic, name in FOREIGN.items():
+        if head.startswith(magic):
+            raise InputError(f"{image} is a {name} image, not a raw one",
+                             hint="upload takes the raw image (it converts it itself)")
+
+
 def image_props(image: Path) -> GuestProps:
     """The guest properties of the raw ``image`` (read through debugfs, no appliance)."""
-    if not image.is_file():
-        raise InputError(f"image {image} does not exist", hint="check the path")
+    check_raw(image)
     return guest_props(e2fs.E2fsFiles(image))
 
 

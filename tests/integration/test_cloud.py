@@ -257,13 +257,15 @@ def test_cleanup_finds_and_deletes_what_the_run_made(
     """Last in this file: it deletes the server, volume and image the tests above made."""
     dry = _cli(cloud_rig, "cloud", "cleanup", "--host", HOST, "--os-cloud", "rig",
                "--dry-run")
-    found = {kind: [r["id"] for r in items] for kind, items in dry["found"].items()}
-    assert found == {"servers": [server["server_id"]], "volumes": [volume["volume_id"]],
-                     "images": [uploaded["image_id"]]}
+    assert dry["dry_run"] and "found" not in dry  # it says what it would look for, offline
+    assert f"compute.servers(details=True, metadata={{'p2vimage:host': '{HOST}'}})" in \
+        dry["calls"]
     assert cloud_rig.api("GET", f"{cloud_rig.url('nova')}/v2.1/servers/"
                                 f"{server['server_id']}")["server"]["status"] == "ACTIVE"
     done = _cli(cloud_rig, "cloud", "cleanup", "--host", HOST, "--os-cloud", "rig")
-    assert done["found"] == dry["found"]
+    found = {kind: [r["id"] for r in items] for kind, items in done["found"].items()}
+    assert found == {"servers": [server["server_id"]], "volumes": [volume["volume_id"]],
+                     "images": [uploaded["image_id"]]}
     again = _cli(cloud_rig, "cloud", "cleanup", "--host", HOST, "--os-cloud", "rig")
     assert again["found"] == {"servers": [], "volumes": [], "images": []}
     assert not cloud_rig.volume_file_exists(volume["volume_id"])

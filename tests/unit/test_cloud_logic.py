@@ -3,11 +3,16 @@ map, trimming and sparse writing on real files, the hashing stream, guest proper
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import itertools
 import json
 import os
+import socket
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +22,7 @@ from p2vimage.cloud import upload as up
 from p2vimage.cloud import writevolume as blockdev
 from p2vimage.core.errors import InputError, PreconditionError, StageError
 from p2vimage.guest.files import LocalFiles
-from tests.conftest import assert_one_line_error, p2v
+from tests.conftest import P2VIMAGE, REPO, assert_one_line_error, p2v
 
 MiB = 1 << 20
 
@@ -221,15 +226,146 @@ def test_connect_needs_a_cloud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
         cloud.connect("mine")
 
 
-def test_dry_runs_print_calls_and_touch_nothing(tmp_path: Path) -> None:
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[object]]]:
+    """A loopback port that records every connection made to it (and closes it)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    accepted: list[object] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, peer = sock.accept()
+                accepted.append(peer)
+                conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield sock.getsockname()[1], accepted
+    sock.close()
+
+
+CLOUDS = """clouds:
+  c1:
+    auth:
+      auth_url: http://127.0.0.1:{port}/v3
+      username: u
+      password: not-the-password
+      project_name: p
+      user_domain_name: Default
+      project_domain_name: Default
+"""
+BROKEN = "clouds:\n  c1:\n    auth:\n\tauth_url: http://x\n"  # a tab on line 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Where the cloud settings are, and what every verb's dry run says about them."""
+
+    name: str
+    files: dict[str, str]  # path under tmp → text ({port} filled in)
+    env: dict[str, str]  # {tmp} and {port} filled in
+    cloud: str | None
+    code: int
+    words: tuple[str, ...] = ()  # in the error line ({tmp} filled in)
+
+
+CFG = {"OS_CLIENT_CONFIG_FILE": "{tmp}/cfg/clouds.yaml"}
+CONFIGS = [
+    Config("defined", {"cfg/clouds.yaml": CLOUDS}, CFG, "c1", 0),
+    Config("undefined", {"cfg/clouds.yaml": CLOUDS}, CFG, "nosuch", 2,
+           ("cloud 'nosuch' is not defined in {tmp}/cfg/clouds.yaml",)),
+    Config("unparsable", {"cfg/clouds.yaml": BROKEN}, CFG, "c1", 2,
+           ("cannot parse {tmp}/cfg/clouds.yaml at line 4",)),
+    Config("no cloud", {}, {}, None, 2, ("no cloud given",)),
+]
+# where openstacksdk's loader looks, in its order (one verb: they share the reading)
+SEARCH = [
+    Config("unparsable ./clouds.yaml", {"cwd/clouds.yaml": BROKEN}, {}, "c1", 2,
+           ("cannot parse {tmp}/cwd/clouds.yaml at line 4",)),
+    Config("unparsable ~/.config/openstack/clouds.yaml",
+           {"home/.config/openstack/clouds.yaml": BROKEN}, {}, "c1", 2,
+           ("cannot parse {tmp}/home/.config/openstack/clouds.yaml at line 4",)),
+    Config("OS_CLIENT_CONFIG_FILE before a broken ./clouds.yaml",
+           {"cfg/clouds.yaml": CLOUDS, "cwd/clouds.yaml": BROKEN}, CFG, "c1", 0),
+    Config("~/.config/openstack/clouds.yaml",
+           {"home/.config/openstack/clouds.yaml": CLOUDS}, {}, "c1", 0),
+    Config("OS_CLIENT_CONFIG_FILE names no file",
+           {"home/.config/openstack/clouds.yaml": CLOUDS}, CFG, "c1", 2,
+           ("OS_CLIENT_CONFIG_FILE names {tmp}/cfg/clouds.yaml, which does not exist",)),
+    Config("OS_* variables", {}, {"OS_AUTH_URL": "http://127.0.0.1:{port}/v3",
+                                  "OS_USERNAME": "u", "OS_PASSWORD": "p"}, None, 0),
+]
+VERBS = {
+    "upload": ["upload", "{image}", "--name", "legacy1"],
+    "volume": ["volume", "--image", "legacy1", "--az", "az2", "--run-id", "R9"],
+    "boot": ["boot", "--volume", "v1", "--flavor", "m1", "--network", "none"],
+    "cloud cleanup": ["cloud", "cleanup", "--host", "legacy1", "--run-id", "R9"],
+}
+
+
+@pytest.fixture(scope="module")
+def ext_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tree = tmp_path_factory.mktemp("tree")
+    (tree / "etc").mkdir()
+    (tree / "etc/os-release").write_text("ID=debian\nVERSION_ID=12\n")
+    image = tmp_path_factory.mktemp("img") / "legacy1.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", tree, image, "8M"], check=True)
+    return image
+
+
+def _in(tmp: Path, config: Config, port: int, verb: str, image: Path,
+        *extra: str) -> subprocess.CompletedProcess[str]:
+    """The CLI run from ``tmp``/cwd with ``tmp``/home as HOME and only ``config``'s OS_*."""
+    for rel, text in config.files.items():
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_text(text.replace("{port}", str(port)))
+    (tmp / "cwd").mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("OS_") and k != "XDG_CONFIG_HOME"}
+    env |= {k: v.format(tmp=tmp, port=port) for k, v in config.env.items()}
+    env |= {"HOME": str(tmp / "home"), "PYTHONPATH": str(REPO)}
+    argv = [a.format(image=image) for a in VERBS[verb]]
+    argv += ["--os-cloud", config.cloud] if config.cloud else []
+    return subprocess.run([*P2VIMAGE, *argv, *extra], capture_output=True, text=True,
+                          cwd=tmp / "cwd", env=env, check=False)
+
+
+@pytest.mark.parametrize(("config", "verb"), [
+    *(pytest.param(c, verb, id=f"{verb}-{c.name}") for verb in VERBS for c in CONFIGS),
+    *(pytest.param(c, "volume", id=f"volume-{c.name}") for c in SEARCH)])
+def test_dry_runs_check_the_cloud_settings_and_never_connect(
+        tmp_path: Path, listener: tuple[int, list[object]], ext_image: Path, config: Config,
+        verb: str) -> None:
+    """Every verb's dry run reads the cloud's settings as the run does, refuses what the run
+    refuses with the same line, and opens no connection."""
+    port, accepted = listener
+    dry = _in(tmp_path, config, port, verb, ext_image, "--dry-run")
+    words = [w.format(tmp=tmp_path) for w in config.words]
+    if config.code:
+        assert_one_line_error(dry, config.code, *words)
+        real = _in(tmp_path, config, port, verb, ext_image)
+        assert_one_line_error(real, config.code, *words)
+        assert real.stderr.splitlines()[-1] == dry.stderr.splitlines()[-1]
+    else:
+        assert dry.returncode == 0, dry.stderr
+        assert "would call: " in dry.stdout
+        if verb == "cloud cleanup":
+            assert "p2vimage:host=legacy1, p2vimage:run=R9" in dry.stdout
+    assert accepted == []
+
+
+def test_dry_run_plans(tmp_path: Path) -> None:
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(CLOUDS.replace("{port}", "9"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
-    proc = p2v("volume", "--image", "legacy1", "--az", "az2", "--os-cloud", "nowhere",
+    env["OS_CLIENT_CONFIG_FILE"] = str(clouds)
+    proc = p2v("volume", "--image", "legacy1", "--az", "az2", "--os-cloud", "c1",
                "--run-id", "R9", "--dry-run", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "would call: block_storage.create_volume(" in proc.stdout
     assert "availability_zone='az2'" in proc.stdout
     proc = p2v("--json", "boot", "--volume", "v1", "--flavor", "m1", "--network", "none",
-               "--run-id", "R9", "--dry-run", env=env)
+               "--os-cloud", "c1", "--run-id", "R9", "--dry-run", env=env)
     assert proc.returncode == 0, proc.stderr
     calls = json.loads(proc.stdout)["calls"]
     assert any("'delete_on_termination': False" in c and "'boot_index': 0" in c
@@ -237,14 +373,25 @@ def test_dry_runs_print_calls_and_touch_nothing(tmp_path: Path) -> None:
     proc = p2v("boot", "--volume", "v1", "--flavor", "m1", "--network", "none",
                "--security-group", "web", "--dry-run", env=env)
     assert_one_line_error(proc, 2, "security groups need a network")
+    assert [c.api for c in cloud.cleanup_plan("h", None)] == [
+        "compute.servers", "compute.delete_server", "block_storage.volumes",
+        "block_storage.delete_volume", "image.images", "image.delete_image"]
 
 
-def test_upload_refuses_a_missing_image_in_one_line(tmp_path: Path) -> None:
-    proc = p2v("upload", tmp_path / "none.img", "--name", "x", "--dry-run")
-    assert_one_line_error(proc, 2, "does not exist")
-    proc = p2v("upload", tmp_path / "none.img", "--name", "x", "--disk-format", "raw",
-               "--compression", "zstd")
-    assert_one_line_error(proc, 2, "raw upload cannot be compressed")
+@pytest.mark.parametrize(("content", "options", "words"), [
+    (None, ("--dry-run",), ("does not exist",)),
+    (None, ("--disk-format", "raw", "--compression", "zstd"),
+     ("raw upload cannot be compressed",)),
+    (b"QFI\xfb" + bytes(1020), ("--dry-run",), ("qcow2 image, not a raw one",)),
+    (b"KDMV" + bytes(1020), ("--dry-run",), ("vmdk image, not a raw one",)),
+], ids=["missing", "raw compressed", "qcow2", "vmdk"])
+def test_upload_refuses_what_it_cannot_send(tmp_path: Path, content: bytes | None,
+                                           options: tuple[str, ...],
+                                           words: tuple[str, ...]) -> None:
+    image = tmp_path / "x.img"
+    if content is not None:
+        image.write_bytes(content)
+    assert_one_line_error(p2v("upload", image, "--name", "x", *options), 2, *words)
 
 
 def _sparse_image(path: Path) -> bytes:
@@ -281,7 +428,7 @@ def test_write_volume_to_a_file_replaces_old_data(tmp_path: Path) -> None:
     want = _sparse_image(image)
     target = tmp_path / "volume"
     target.write_bytes(os.urandom(30 * MiB))  # old data everywhere
-    report = blockdev.write_volume(image, target)
+    report = blockdev.write_volume(image, target, force=True)
     assert report["verified"] and target.read_bytes() == want
     assert report["sha256"] == hashlib.sha256(want).hexdigest()
     assert target.stat().st_blocks * 512 < 8 * MiB  # holes stay holes
@@ -296,7 +443,7 @@ def test_write_volume_refusals(tmp_path: Path) -> None:
         blockdev.write_volume(tmp_path / "none", tmp_path / "t")
     image = tmp_path / "a.img"
     _sparse_image(image)
-    with pytest.raises(InputError, match="neither a block device"):
+    with pytest.raises(InputError, match="character device, not a block device"):
         blockdev.write_volume(image, Path("/dev/null"))
     proc = p2v("write-volume", image, tmp_path / "no/such/dir/t")
     assert_one_line_error(proc, 2, "does not exist")
