@@ -61,15 +61,15 @@ def register(group: click.Group) -> None:
                    run_id: str | None, dry_run: bool) -> None:
         """Trim IMAGE, convert it, upload it to Glance verifying md5 and sha512, with
         properties from the guest (virtio, os_distro, os_version, architecture)."""
-        from p2vimage.cloud import api as cloud  # openstacksdk takes 0.14 s to import
-        opts = cloud.UploadOptions(
+        from p2vimage.cloud import connect, glance  # openstacksdk: 0.14 s
+        opts = glance.UploadOptions(
             image=image, cloud=os_cloud, name=name, host=host or image.stem,
-            run=run_id or cloud.run_id(), disk_format=disk_format,
+            run=run_id or connect.run_id(), disk_format=disk_format,
             compression=compression or ("zstd" if disk_format == "qcow2" else "none"),
             trim=not no_trim, use_import=use_import, visibility=visibility, timeout=timeout,
             dry_run=dry_run)
-        report = cloud.upload(opts)
-        _emit(settings, report, cloud.upload_lines(report))
+        report = glance.upload(opts)
+        _emit(settings, report, glance.upload_lines(report))
 
     @group.command("volume")
     @click.option("--image", required=True, metavar="ID|NAME", help="The Glance image.")
@@ -88,13 +88,13 @@ def register(group: click.Group) -> None:
                    os_cloud: str | None, host: str | None, run_id: str | None,
                    dry_run: bool) -> None:
         """A bootable Cinder volume from a Glance image, in an availability zone."""
-        from p2vimage.cloud import api as cloud  # openstacksdk takes 0.14 s to import
-        opts = cloud.VolumeOptions(
+        from p2vimage.cloud import cinder, connect  # openstacksdk: 0.14 s
+        opts = cinder.VolumeOptions(
             cloud=os_cloud, image=image, az=az, size_gb=size_gb, name=name, host=host,
-            run=run_id or cloud.run_id(), volume_type=volume_type, timeout=timeout,
+            run=run_id or connect.run_id(), volume_type=volume_type, timeout=timeout,
             dry_run=dry_run)
-        report = cloud.volume(opts)
-        _emit(settings, report, cloud.volume_lines(report))
+        report = cinder.volume(opts)
+        _emit(settings, report, cinder.volume_lines(report))
 
     @group.command("boot")
     @click.option("--volume", required=True, metavar="ID|NAME", help="The boot volume.")
@@ -116,13 +116,13 @@ def register(group: click.Group) -> None:
                  name: str | None, timeout: int, os_cloud: str | None, host: str | None,
                  run_id: str | None, dry_run: bool) -> None:
         """A Nova server booted from the volume (kept when the server is deleted)."""
-        from p2vimage.cloud import api as cloud  # openstacksdk takes 0.14 s to import
-        opts = cloud.BootOptions(
+        from p2vimage.cloud import connect, nova  # openstacksdk: 0.14 s
+        opts = nova.BootOptions(
             cloud=os_cloud, volume=volume, flavor=flavor, key=key, az=az, network=network,
             security_groups=security_groups, name=name, host=host,
-            run=run_id or cloud.run_id(), timeout=timeout, dry_run=dry_run)
-        report = cloud.boot(opts)
-        _emit(settings, report, cloud.boot_lines(report))
+            run=run_id or connect.run_id(), timeout=timeout, dry_run=dry_run)
+        report = nova.boot(opts)
+        _emit(settings, report, nova.boot_lines(report))
 
     @group.command("write-volume")
     @click.argument("image", type=click.Path(path_type=Path))
@@ -157,6 +157,6 @@ def register(group: click.Group) -> None:
     def cleanup_cmd(settings: Settings, host: str, run_id: str | None, os_cloud: str | None,
                     dry_run: bool) -> None:
         """Find the servers, volumes and images p2vimage made for HOST and delete them."""
-        from p2vimage.cloud import api as cloud  # openstacksdk takes 0.14 s to import
-        report = cloud.cleanup(os_cloud, host, run_id, dry_run=dry_run)
-        _emit(settings, report, cloud.cleanup_lines(report))
+        from p2vimage.cloud import cleanup  # openstacksdk: 0.14 s
+        report = cleanup.cleanup(os_cloud, host, run_id, dry_run=dry_run)
+        _emit(settings, report, cleanup.cleanup_lines(report))

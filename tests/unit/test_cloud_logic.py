@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from p2vimage.cloud import api as cloud
+from p2vimage.cloud import cinder, cleanup, connect, glance, nova
 from p2vimage.cloud import upload as up
 from p2vimage.cloud import writevolume as blockdev
 from p2vimage.core.errors import InputError, PreconditionError, StageError
@@ -27,16 +27,16 @@ from tests.conftest import P2VIMAGE, REPO, assert_one_line_error, p2v
 MiB = 1 << 20
 
 
-def _boot_opts(**kw: object) -> cloud.BootOptions:
+def _boot_opts(**kw: object) -> nova.BootOptions:
     base: dict[str, object] = dict(cloud="c", volume="v", flavor="f", key=None, az=None,
                                    network="none", security_groups=(), name=None, host=None,
                                    run="R1")
     base.update(kw)
-    return cloud.BootOptions(**base)  # type: ignore[arg-type]
+    return nova.BootOptions(**base)  # type: ignore[arg-type]
 
 
 def test_server_request_boots_from_the_volume_and_keeps_it() -> None:
-    req = cloud.server_request(_boot_opts(key="k", az="az2", security_groups=("web",)),
+    req = nova.server_request(_boot_opts(key="k", az="az2", security_groups=("web",)),
                                "VOL", "FLAVOR", "NET", "legacy1")
     assert req == {
         "name": "legacy1", "flavor_id": "FLAVOR",
@@ -49,7 +49,7 @@ def test_server_request_boots_from_the_volume_and_keeps_it() -> None:
 
 
 def test_server_request_without_network() -> None:
-    req = cloud.server_request(_boot_opts(name="srv"), "VOL", "F", None, "h")
+    req = nova.server_request(_boot_opts(name="srv"), "VOL", "F", None, "h")
     assert req["networks"] == "none"
     assert req["name"] == "srv"
     assert "security_groups" not in req and "key_name" not in req
@@ -58,37 +58,37 @@ def test_server_request_without_network() -> None:
 
 def test_security_groups_need_a_network() -> None:
     with pytest.raises(InputError, match="security groups need a network"):
-        cloud.boot(_boot_opts(security_groups=("web",), dry_run=True))
+        nova.boot(_boot_opts(security_groups=("web",), dry_run=True))
 
 
 def test_volume_request_and_size() -> None:
-    opts = cloud.VolumeOptions(cloud="c", image="img", az="az2", size_gb=None, name=None,
+    opts = cinder.VolumeOptions(cloud="c", image="img", az="az2", size_gb=None, name=None,
                                host=None, run="R2", volume_type="fast")
-    req = cloud.volume_request(opts, "IMG", 3, "legacy1")
+    req = cinder.volume_request(opts, "IMG", 3, "legacy1")
     assert req == {"name": "p2vimage-legacy1-R2", "size": 3, "image_id": "IMG",
                    "metadata": {"p2vimage:host": "legacy1", "p2vimage:run": "R2"},
                    "description": "p2vimage: legacy1, run R2", "availability_zone": "az2",
                    "volume_type": "fast"}
-    assert cloud.size_for(300 * MiB, 640 * MiB, None) == 1
-    assert cloud.size_for(300 * MiB, (4 << 30) + 1, None) == 5
-    assert cloud.size_for(300 * MiB, None, 10) == 10
+    assert cinder.size_for(300 * MiB, 640 * MiB, None) == 1
+    assert cinder.size_for(300 * MiB, (4 << 30) + 1, None) == 5
+    assert cinder.size_for(300 * MiB, None, 10) == 10
     with pytest.raises(InputError, match="smaller than the image"):
-        cloud.size_for(300 * MiB, 5 << 30, 2)
+        cinder.size_for(300 * MiB, 5 << 30, 2)
 
 
 def test_upload_plan_lists_every_call() -> None:
-    opts = cloud.UploadOptions(image=Path("/x/legacy1.img"), cloud="c", name="legacy1",
+    opts = glance.UploadOptions(image=Path("/x/legacy1.img"), cloud="c", name="legacy1",
                                host="legacy1", run="R3")
-    calls = [c.api for c in cloud.upload_plan(opts, {"os_distro": "debian"})]
+    calls = [c.api for c in glance.upload_plan(opts, {"os_distro": "debian"})]
     assert calls == ["local.trim", "local.run", "image.create_image", "image.upload",
                      "image.wait_for_status", "image.get_image"]
-    create = cloud.upload_plan(opts, {"os_distro": "debian"})[2].args
+    create = glance.upload_plan(opts, {"os_distro": "debian"})[2].args
     assert create["tags"] == ["p2vimage:host=legacy1", "p2vimage:run=R3"]
     assert create["os_distro"] == "debian" and create["container_format"] == "bare"
-    imported = cloud.UploadOptions(image=Path("/x/a.img"), cloud="c", name="a", host="a",
+    imported = glance.UploadOptions(image=Path("/x/a.img"), cloud="c", name="a", host="a",
                                    run="R", use_import=True, trim=False, disk_format="raw",
                                    compression="none")
-    assert [c.api for c in cloud.upload_plan(imported, {})] == [
+    assert [c.api for c in glance.upload_plan(imported, {})] == [
         "image.create_image", "image.stage_image", "image.import_image",
         "image.wait_for_status", "image.get_image"]
 
@@ -199,18 +199,18 @@ def test_guest_properties_of_a_legacy_and_a_modern_guest(tmp_path: Path) -> None
 
 
 def test_translate_maps_sdk_errors_to_exit_codes() -> None:
-    ksa, sdk = cloud.ksa_exc, cloud.sdk_exc
-    assert isinstance(cloud.translate(ksa.Unauthorized(), "x", "c"), PreconditionError)
-    assert isinstance(cloud.translate(ksa.ConnectFailure("refused"), "x", "c"),
+    ksa, sdk = connect.ksa_exc, connect.sdk_exc
+    assert isinstance(connect.translate(ksa.Unauthorized(), "x", "c"), PreconditionError)
+    assert isinstance(connect.translate(ksa.ConnectFailure("refused"), "x", "c"),
                       PreconditionError)
     http = sdk.HttpException("big")
     http.status_code = 413
-    too_big = cloud.translate(http, "uploading", "c")
+    too_big = connect.translate(http, "uploading", "c")
     assert isinstance(too_big, PreconditionError) and "HTTP 413" in too_big.message
-    assert isinstance(cloud.translate(sdk.ResourceFailure("error"), "x", "c"), StageError)
-    missing = cloud.translate(ksa.MissingRequiredOptions([]), "x", "c")
+    assert isinstance(connect.translate(sdk.ResourceFailure("error"), "x", "c"), StageError)
+    missing = connect.translate(ksa.MissingRequiredOptions([]), "x", "c")
     assert isinstance(missing, InputError)
-    err = cloud.translate(RuntimeError("boom"), "doing it", "c")
+    err = connect.translate(RuntimeError("boom"), "doing it", "c")
     assert isinstance(err, StageError) and "doing it" in err.message
 
 
@@ -218,12 +218,12 @@ def test_connect_needs_a_cloud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     for var in [v for v in os.environ if v.startswith("OS_")]:
         monkeypatch.delenv(var)
     with pytest.raises(InputError, match="no cloud given"):
-        cloud.connect(None)
+        connect.connect(None)
     clouds = tmp_path / "clouds.yaml"
     clouds.write_text(json.dumps({"clouds": {"other": {"auth": {"auth_url": "http://x"}}}}))
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
     with pytest.raises(InputError, match="cloud 'mine' is not defined"):
-        cloud.connect("mine")
+        connect.connect("mine")
 
 
 @pytest.fixture
@@ -373,7 +373,7 @@ def test_dry_run_plans(tmp_path: Path) -> None:
     proc = p2v("boot", "--volume", "v1", "--flavor", "m1", "--network", "none",
                "--security-group", "web", "--dry-run", env=env)
     assert_one_line_error(proc, 2, "security groups need a network")
-    assert [c.api for c in cloud.cleanup_plan("h", None)] == [
+    assert [c.api for c in cleanup.cleanup_plan("h", None)] == [
         "compute.servers", "compute.delete_server", "block_storage.volumes",
         "block_storage.delete_volume", "image.images", "image.delete_image"]
 
