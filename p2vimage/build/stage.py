@@ -3,7 +3,8 @@
 The filesystem is made and filled by the host's ``mke2fs -d`` straight into the partition
 offset of the image file (no loop device, no mount, no root), then completed with one debugfs
 batch for what ``mke2fs -d`` does not carry (1.47.0): the root directory's own mode, owner and
-time, nanoseconds, and times past 2038. The msdos label is written last (``mbr.py``).
+time, nanoseconds, times past 2038, and hard links of symlinks. The msdos label is written
+last (``mbr.py``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class TreeScan:
     inodes: int = 0
     time_fixups: list[tuple[bytes, int, int]] = dataclasses.field(default_factory=list)
     unreadable: list[str] = dataclasses.field(default_factory=list)
+    # (dev, ino) → its paths, for hard-linked inodes that are neither files nor directories
+    # (mke2fs -d gives each name of a symlink its own inode; see _relink)
+    special_links: dict[tuple[int, int], list[bytes]] = dataclasses.field(
+        default_factory=dict)
 
 
 def _blocks(nbytes: int) -> int:
@@ -79,6 +84,9 @@ def scan_tree(root: Path) -> TreeScan:
         for entry in entries:
             erel = rel + b"/" + entry.name if rel else entry.name
             st = entry.stat(follow_symlinks=False)
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) and not stat.S_ISREG(
+                    st.st_mode):
+                scan.special_links.setdefault((st.st_dev, st.st_ino), []).append(erel)
             if (st.st_dev, st.st_ino) in seen:
                 continue
             if st.st_nlink > 1:
@@ -172,6 +180,57 @@ def _populate(opts: BuildOptions, profile: fsprofile.FsProfile, scan: TreeScan,
                          hint="run with --debug to see the command")
 
 
+def _relink(partial: Path, scan: TreeScan) -> None:
+    """Give all names of a hard-linked symlink, device, FIFO or socket one inode again.
+
+    mke2fs -d (1.47.0) links the names of regular files but makes a new inode for each name
+    of a symlink. Every extra name is unlinked and linked to the inode of the first name, and
+    the link count set. The inodes left over are freed with a zero link count (else e2fsck
+    finds them in use). kill_file leaves their xattr block, and no debugfs command frees one
+    with its counts (freeb leaves the group's free count, ea_rm in 1.47.0 leaves an empty
+    block), so the freed inode gets it as its first data block and that block is punched.
+    A name with a newline cannot be a line of a batch: it gets a ``debugfs -R`` of its own,
+    and the link goes by full path, not by ``cd``.
+    """
+    groups = [paths for paths in scan.special_links.values() if len(paths) > 1]
+    if not groups:
+        return
+    inodes, modes = e2fs.walk(partial, PART_OFFSET)
+    batch: list[str | bytes] = []
+    alone: list[bytes] = []
+    spare: dict[int, int] = {}
+    for paths in groups:
+        for rel in paths:
+            if rel not in inodes:
+                raise StageError(f"{os.fsdecode(rel)!r} is missing from the image",
+                                 hint="mke2fs -d skipped it; run with --debug")
+        keep = inodes[paths[0]]
+        for rel in paths[1:]:
+            if inodes[rel] == keep:
+                continue
+            spare[inodes[rel]] = modes[inodes[rel]]
+            parent, _, name = rel.rpartition(b"/")
+            # unlink <dir>/name looks up no path; link takes the full path, which does not
+            # exist any more once unlinked (else debugfs would link into it as a directory).
+            unlink = f"<{inodes[parent]}>/".encode() + name
+            link = b"/" + rel if parent else name
+            if e2fs.quote(rel) is None:
+                alone += [b"unlink " + e2fs.quote_any(unlink),
+                          f"link <{keep}> ".encode() + e2fs.quote_any(link)]
+            else:
+                batch += [b"unlink " + e2fs.quote_any(unlink),
+                          f"link <{keep}> ".encode() + e2fs.quote_any(link)]
+        batch.append(f"sif <{keep}> links_count {len(paths)}")
+    for ino, node in e2fs.stat_inodes(partial, PART_OFFSET, spare).items():
+        batch += [f"sif <{ino}> links_count 0", f"kill_file <{ino}>"]
+        if node.xattr_block:  # its own: mke2fs -d never shares one
+            batch += [f"sif <{ino}> file_acl 0", f"sif <{ino}> flags 0",
+                      f"sif <{ino}> block[0] {node.xattr_block}", f"punch <{ino}> 0 0"]
+    for command in alone:
+        e2fs.request(partial, PART_OFFSET, command, write=True)
+    e2fs.debugfs(partial, PART_OFFSET, batch, write=True)
+
+
 def _complete(partial: Path, opts: BuildOptions, profile: fsprofile.FsProfile,
               scan: TreeScan) -> list[str]:
     """Set what mke2fs -d leaves out; return the warnings for times the fs cannot keep."""
@@ -254,6 +313,7 @@ def build(opts: BuildOptions) -> dict[str, object]:
         with step(f"Populating {size // MiB} MiB image ({scan.data_bytes // MiB} MiB data)"):
             _populate(opts, profile, scan, partial, size)
         with step("Completing what mke2fs -d does not carry"):
+            _relink(partial, scan)
             warnings = _complete(partial, opts, profile, scan)
         fd = os.open(partial, os.O_WRONLY)
         try:

@@ -1,25 +1,28 @@
 """``verify``: a manifest of the source tree and of the image, and every difference.
 
 Fields compared per path: type, mode, owner, size, mtime (to the resolution the image's inodes
-keep), content hash, hard-link group, symlink target, device numbers, every xattr (ACLs and
-capabilities included), and sparseness (a source file with holes must keep holes). The image
-is read with debugfs (no root, no mount). Paths that ``convert`` rewrites are reported as
-expected rewrites and do not fail the check unless ``strict`` is set.
+keep), content digest (``content.py``: data ranges only, holes and zeros alike), hard-link
+group, symlink target, device numbers, every xattr (ACLs and capabilities included), and
+sparseness (a source file with holes must keep holes). The image is read with debugfs (no
+root, no mount). Paths that ``convert`` rewrites are reported as expected rewrites and do not
+fail the check unless ``strict`` is set. Names are shown as ``ls -b`` does (``escape``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
+import re
 import stat
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from p2vimage.convert.fixups import holds_rewrites, rewritten
 from p2vimage.core.errors import InputError
-from p2vimage.core.log import step
+from p2vimage.core.log import progress, step
+from p2vimage.disk.content import file_digest
 from p2vimage.disk.e2fs import ImageTree, Inode
 
 # Paths convert rewrites or creates (documented in README.md "verify").
@@ -127,18 +130,8 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, bytes]]:
                 stack.append((entry.path, erel))
 
 
-def _hash_file(path: bytes, size: int) -> tuple[str, bool]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        holes = size > 0 and os.lseek(f.fileno(), 0, os.SEEK_HOLE) < size
-        f.seek(0)
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest(), holes
-
-
 def source_manifest(root: Path) -> dict[bytes, Entry]:
-    """The manifest of a local tree (lstat, xattrs, content hashes)."""
+    """The manifest of a local tree (lstat, xattrs, content digests of the data ranges)."""
     groups: dict[tuple[int, int], list[bytes]] = {}
     raw: dict[bytes, tuple[os.stat_result, bytes]] = {}
     for rel, path in _walk(os.fsencode(root)):
@@ -147,25 +140,32 @@ def source_manifest(root: Path) -> dict[bytes, Entry]:
         if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
             groups.setdefault((st.st_dev, st.st_ino), []).append(rel)
     manifest: dict[bytes, Entry] = {}
-    for rel, (st, path) in raw.items():
-        xattrs = {os.fsencode(n): os.getxattr(path, n, follow_symlinks=False)
-                  for n in os.listxattr(path, follow_symlinks=False)}
-        digest, holes, target = None, False, None
-        if stat.S_ISREG(st.st_mode):
-            digest, holes = _hash_file(path, st.st_size)
-        elif stat.S_ISLNK(st.st_mode):
-            target = os.readlink(path)
-        group = groups.get((st.st_dev, st.st_ino), [rel])
-        manifest[rel] = Entry(
-            kind=_kind(st.st_mode), mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
-            gid=st.st_gid,
-            size=st.st_size if not stat.S_ISDIR(st.st_mode) else None,
-            mtime=divmod(st.st_mtime_ns, 1_000_000_000), sha256=digest, link_target=target,
-            rdev=(os.major(st.st_rdev), os.minor(st.st_rdev))
-            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else None,
-            xattrs=_xattrs(xattrs), links=tuple(sorted(p for p in group if p != rel)),
-            holes=holes)
+    total = sum(min(st.st_blocks * 512, st.st_size) for st, _ in raw.values()
+                if stat.S_ISREG(st.st_mode))
+    with progress(total, "reading source") as bar:
+        for rel, (st, path) in raw.items():
+            manifest[rel] = _source_entry(st, path, groups.get((st.st_dev, st.st_ino), [rel]),
+                                          rel, bar.update)
     return manifest
+
+
+def _source_entry(st: os.stat_result, path: bytes, group: list[bytes], rel: bytes,
+                  read: Callable[[int], object]) -> Entry:
+    xattrs = {os.fsencode(n): os.getxattr(path, n, follow_symlinks=False)
+              for n in os.listxattr(path, follow_symlinks=False)}
+    digest, holes, target = None, False, None
+    if stat.S_ISREG(st.st_mode):
+        digest, holes = file_digest(path, st.st_size, read)
+    elif stat.S_ISLNK(st.st_mode):
+        target = os.readlink(path)
+    return Entry(
+        kind=_kind(st.st_mode), mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
+        size=st.st_size if not stat.S_ISDIR(st.st_mode) else None,
+        mtime=divmod(st.st_mtime_ns, 1_000_000_000), sha256=digest, link_target=target,
+        rdev=(os.major(st.st_rdev), os.minor(st.st_rdev))
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else None,
+        xattrs=_xattrs(xattrs), links=tuple(sorted(p for p in group if p != rel)),
+        holes=holes)
 
 
 def image_manifest(image: Path) -> tuple[dict[bytes, Entry], int]:
@@ -191,13 +191,55 @@ def image_manifest(image: Path) -> tuple[dict[bytes, Entry], int]:
     return manifest, tree.inode_size
 
 
+_C_ESCAPES = {0x07: "\\a", 0x08: "\\b", 0x09: "\\t", 0x0A: "\\n", 0x0B: "\\v", 0x0C: "\\f",
+              0x0D: "\\r", 0x20: "\\ ", 0x5C: "\\\\"}
+_C_UNESCAPES = {v[1:].encode(): bytes([k]) for k, v in _C_ESCAPES.items()}
+_UNPRINTABLE = {"Cc", "Cn", "Cs", "Zl", "Zp"}  # what glibc's iswprint refuses in C.UTF-8
+_ESCAPE = re.compile(rb"\\(?:([0-3][0-7]{2})|(.?))", re.S)
+
+
+def escape(name: bytes) -> str:
+    """``name`` as ``ls -b`` shows it in a UTF-8 locale: C escapes for backslash, space and
+    \\a \\b \\t \\n \\v \\f \\r; ``\\NNN`` (octal) for every other byte of a non-printable
+    character and every byte that is not UTF-8; printable UTF-8 as it is. ``unescape`` gives
+    the bytes back."""
+    text = name.decode("utf-8", "surrogateescape")
+    if text.isascii() and text.isprintable() and " " not in text and "\\" not in text:
+        return text
+    out: list[str] = []
+    for ch in text:
+        code = ord(ch)
+        if code in _C_ESCAPES:
+            out.append(_C_ESCAPES[code])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\{code:03o}")
+        elif 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8 (surrogateescape)
+            out.append(f"\\{code - 0xDC00:03o}")
+        elif code > 0x7F and unicodedata.category(ch) in _UNPRINTABLE:
+            out.append("".join(f"\\{b:03o}" for b in ch.encode()))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unescape(text: str) -> bytes:
+    """The bytes of a name shown by ``escape``. Raises ValueError for an unknown escape."""
+    def one(match: re.Match[bytes]) -> bytes:
+        if match.group(1):
+            return bytes([int(match.group(1), 8)])
+        if match.group(2) not in _C_UNESCAPES:
+            raise ValueError(f"unknown escape \\{match.group(2).decode('utf-8', 'replace')}")
+        return _C_UNESCAPES[match.group(2)]
+    return _ESCAPE.sub(one, text.encode("utf-8"))
+
+
 def _show(value: object) -> str:
     if isinstance(value, bytes):
-        return repr(os.fsdecode(value))
+        return escape(value)
     if isinstance(value, tuple) and value and isinstance(value[0], tuple):
-        return "{" + ", ".join(f"{os.fsdecode(k)}={v.hex()}" for k, v in value) + "}"
+        return "{" + ", ".join(f"{escape(k)}={v.hex()}" for k, v in value) + "}"
     if isinstance(value, tuple) and all(isinstance(v, bytes) for v in value):
-        return "[" + ", ".join(repr(os.fsdecode(v)) for v in value) + "]"
+        return "[" + ", ".join("/" + escape(v) for v in value) + "]"
     return str(value)
 
 
@@ -221,7 +263,7 @@ def compare(source: dict[bytes, Entry], image: dict[bytes, Entry], inode_size: i
     diffs: list[Difference] = []
     limited: list[Difference] = []
     for rel in sorted(set(source) | set(image)):
-        name = "/" + os.fsdecode(rel)
+        name = "/" + escape(rel)
         src, img = source.get(rel), image.get(rel)
         if src is None:
             if rel not in (n.encode() for n in CREATED_BY_MKFS):

@@ -8,7 +8,6 @@ debugfs is driven in batches (one process for many commands) and addressed by in
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import threading
@@ -17,10 +16,13 @@ from pathlib import Path
 from typing import IO
 
 from p2vimage.core.errors import InputError, StageError
+from p2vimage.core.log import progress
 from p2vimage.disk import mbr
+from p2vimage.disk.content import ContentDigest, pieces
 from p2vimage.host import run as runmod
 
-_LS_RECORD = re.compile(rb"/(\d+)/([0-7]+)/(\d+)/(\d+)/([^/]*)/(\d*)/\n")
+# debugfs prints owner and group ids signed (%d): an id >= 2**31 shows as a negative number.
+_LS_RECORD = re.compile(rb"/(\d+)/([0-7]+)/(-?\d+)/(-?\d+)/([^/]*)/(\d*)/\n")
 
 
 def spec(image: Path, offset: int) -> str:
@@ -36,7 +38,19 @@ def debugfs(image: Path, offset: int, commands: Iterable[str | bytes],
     """
     script = b"".join((c if isinstance(c, bytes) else c.encode()) + b"\n" for c in commands)
     argv = ["debugfs", *(["-w"] if write else []), "-f", "-", spec(image, offset)]
-    proc = runmod.run(argv, input=script, text=False, what="debugfs")
+    return _checked(image, runmod.run(argv, input=script, text=False, what="debugfs"))
+
+
+def request(image: Path, offset: int, command: bytes, write: bool = False) -> bytes:
+    """Run one debugfs command given on its command line (``-R``), where an argument may
+    hold the newline a batch line cannot; return its raw stdout. Raises StageError as
+    ``debugfs``."""
+    argv = ["debugfs", *(["-w"] if write else []), "-R", os.fsdecode(command),
+            spec(image, offset)]
+    return _checked(image, runmod.run(argv, text=False, what="debugfs"))
+
+
+def _checked(image: Path, proc: runmod.Completed[bytes]) -> bytes:
     errors = [line for line in proc.stderr.decode("utf-8", "replace").splitlines()
               if line.strip() and not line.startswith("debugfs ")]
     if errors:
@@ -46,9 +60,15 @@ def debugfs(image: Path, offset: int, commands: Iterable[str | bytes],
 
 
 def quote(path: bytes) -> bytes | None:
-    """``path`` as one debugfs argument ("" escapes a quote), or None if it cannot be one."""
+    """``path`` as one argument in a debugfs batch, or None: a batch line cannot hold a
+    newline or carriage return (use ``request`` with ``quote_any``)."""
     if b"\n" in path or b"\r" in path:
         return None
+    return quote_any(path)
+
+
+def quote_any(path: bytes) -> bytes:
+    """``path`` as one debugfs argument ("" escapes a quote)."""
     return b'"' + path.replace(b'"', b'""') + b'"'
 
 
@@ -97,13 +117,16 @@ def time_fields(seconds: int, nanoseconds: int) -> tuple[int, int]:
 # ---- reading a whole filesystem, for verify ---------------------------------------------
 
 _STAT_HEAD = re.compile(rb"^debugfs: stat <(\d+)>\n", re.M)
-_USER = re.compile(rb"User:\s+(\d+)\s+Group:\s+(\d+).*?Size:\s+(\d+)")
+_USER = re.compile(rb"User:\s+(-?\d+)\s+Group:\s+(-?\d+).*?Size:\s+(\d+)")
 _LINKS = re.compile(rb"Links:\s+(\d+)")
+_ACL_BLOCK = re.compile(rb"^File ACL: (\d+)", re.M)
 _MTIME = re.compile(rb"^ ?mtime: 0x([0-9a-f]+)(?::([0-9a-f]+))?", re.M)
 _DEVICE = re.compile(rb"Device major/minor number: (\d+):(\d+)")
 _FASTLINK = re.compile(rb'Fast link dest: "(.*)"\n', re.S)
 _XATTR = re.compile(rb"^  (\S+) \((\d+)\)", re.M)
-_RANGE = re.compile(rb"\((\d+)(?:-(\d+))?(\[u\])?\):")
+# One run of a file's extent or block map: (logical[-last][u]):physical[-last]; index and
+# indirect blocks ((ETB0), (IND), (DIND), (TIND)) do not match.
+_RANGE = re.compile(rb"\((\d+)(?:-(\d+))?(\[u\])?\):(\d+)")
 _MAP = re.compile(rb"^(?:EXTENTS|BLOCKS):\n", re.M)
 _SB_FIELD = re.compile(rb"^(Block size|Inode size):\s+(\d+)", re.M)
 
@@ -147,7 +170,11 @@ class Inode:
     xattr_names: list[bytes] = dataclasses.field(default_factory=list)
     xattrs: dict[bytes, bytes] = dataclasses.field(default_factory=dict)
     data_blocks: int = 0
-    sha256: str | None = None
+    # (first logical block, first physical block, count) of each run of written data blocks
+    extents: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
+    inline: bool = False  # data in the inode (inline_data), no block map
+    xattr_block: int = 0  # the block holding xattrs that do not fit in the inode
+    sha256: str | None = None  # content.ContentDigest of a regular file
 
 
 def _decode_time(low_hex: bytes, extra_hex: bytes | None) -> tuple[int, int]:
@@ -162,9 +189,12 @@ def _decode_time(low_hex: bytes, extra_hex: bytes | None) -> tuple[int, int]:
 def _parse_stat(text: bytes, mode: int) -> Inode:
     inode = Inode(mode=mode)
     if m := _USER.search(text):
-        inode.uid, inode.gid, inode.size = (int(g) for g in m.groups())
+        inode.uid, inode.gid = int(m.group(1)) % 2**32, int(m.group(2)) % 2**32
+        inode.size = int(m.group(3))
     if m := _LINKS.search(text):
         inode.links = int(m.group(1))
+    if m := _ACL_BLOCK.search(text):
+        inode.xattr_block = int(m.group(1))
     if m := _MTIME.search(text):
         inode.mtime = _decode_time(m.group(1), m.group(2))
     if m := _DEVICE.search(text):
@@ -174,12 +204,29 @@ def _parse_stat(text: bytes, mode: int) -> Inode:
     if b"Extended attributes:\n" in text:
         section = text.split(b"Extended attributes:\n", 1)[1]
         inode.xattr_names = [m.group(1) for m in _XATTR.finditer(section)]
+    inode.inline = b"Size of inline data:" in text
     if m := _MAP.search(text):
         for r in _RANGE.finditer(text, m.end()):
-            if not r.group(3):
+            if not r.group(3):  # an unwritten extent reads as zeros: a hole
                 first = int(r.group(1))
-                inode.data_blocks += int(r.group(2) or first) - first + 1
+                count = int(r.group(2) or first) - first + 1
+                inode.extents.append((first, int(r.group(4)), count))
+                inode.data_blocks += count
+    inode.extents.sort()
     return inode
+
+
+def stat_inodes(image: Path, offset: int, modes: dict[int, int]) -> dict[int, Inode]:
+    """Inode number → Inode (without xattr values and content) for each inode in ``modes``
+    (inode number → mode), from one debugfs process."""
+    out = debugfs(image, offset, (f"stat <{ino}>" for ino in modes))
+    heads = list(_STAT_HEAD.finditer(out))
+    inodes: dict[int, Inode] = {}
+    for i, head in enumerate(heads):
+        end = heads[i + 1].start() if i + 1 < len(heads) else len(out)
+        ino = int(head.group(1))
+        inodes[ino] = _parse_stat(out[head.end():end], modes[ino])
+    return inodes
 
 
 class ImageTree:
@@ -195,24 +242,47 @@ class ImageTree:
     def entries(self) -> tuple[dict[bytes, int], dict[int, Inode]]:
         """(path → inode number, inode number → Inode with xattrs and content hashes)."""
         paths, modes = walk(self.image, self.offset)
-        out = debugfs(self.image, self.offset, (f"stat <{ino}>" for ino in modes))
-        heads = list(_STAT_HEAD.finditer(out))
-        inodes: dict[int, Inode] = {}
-        for i, head in enumerate(heads):
-            end = heads[i + 1].start() if i + 1 < len(heads) else len(out)
-            ino = int(head.group(1))
-            inodes[ino] = _parse_stat(out[head.end():end], modes[ino])
+        inodes = stat_inodes(self.image, self.offset, modes)
         self._read_data(inodes)
+        self._hash_mapped(inodes)
         return paths, inodes
 
+    def _hash_mapped(self, inodes: dict[int, Inode]) -> None:
+        """Hash each regular file from the blocks its map lists, read straight from the image
+        file: the holes of a sparse file are never read (a 1 TiB hole costs nothing)."""
+        files = [n for n in inodes.values() if n.mode & 0o170000 == 0o100000 and not n.inline]
+        bs = self.block_size
+        total = sum(min(n.data_blocks * bs, n.size) for n in files)
+        fd = os.open(self.image, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with progress(total, "reading image") as bar:
+                for inode in files:
+                    digest = ContentDigest()
+                    for logical, physical, count in inode.extents:
+                        start, end = logical * bs, min((logical + count) * bs, inode.size)
+                        for offset, length in pieces(start, end):
+                            where = self.offset + physical * bs + offset - start
+                            data = os.pread(fd, length, where)
+                            if len(data) != length:
+                                raise StageError(f"{self.image} ends before block "
+                                                 f"{where // bs} of its filesystem",
+                                                 hint="the image is truncated; build it again")
+                            digest.update(offset, data)
+                            bar.update(length)
+                    inode.sha256 = digest.hexdigest(inode.size)
+        finally:
+            os.close(fd)
+
     def _read_data(self, inodes: dict[int, Inode]) -> None:
-        """Stream xattr values and file contents through one debugfs process."""
+        """Stream xattr values, slow symlink targets and inline file data through one
+        debugfs process."""
         commands: list[tuple[str, int, bytes | None]] = []
         for ino, inode in inodes.items():
             for xname in inode.xattr_names:
                 commands.append((f"ea_get -x <{ino}> {xname.decode()}", ino, xname))
             kind = inode.mode & 0o170000
-            if kind == 0o100000 or (kind == 0o120000 and inode.link_target is None):
+            if (kind == 0o100000 and inode.inline) or (
+                    kind == 0o120000 and inode.link_target is None):
                 commands.append((f"cat <{ino}>", ino, None))
         if not commands:
             return
@@ -239,16 +309,16 @@ class ImageTree:
                 elif inode.mode & 0o170000 == 0o120000:
                     inode.link_target = bytes(out.read(inode.size))
                 else:
-                    digest = hashlib.sha256()
-                    remaining = inode.size
-                    while remaining:
-                        chunk = out.read(min(remaining, 1 << 20))
+                    digest = ContentDigest()
+                    done = 0
+                    while done < inode.size:
+                        chunk = out.read(min(inode.size - done, 1 << 20))
                         if not chunk:
                             raise StageError(f"debugfs stopped reading {self.image}",
                                              hint="run e2fsck -fn on the image")
-                        digest.update(chunk)
-                        remaining -= len(chunk)
-                    inode.sha256 = digest.hexdigest()
+                        digest.update(done, chunk)
+                        done += len(chunk)
+                    inode.sha256 = digest.hexdigest(inode.size)
         finally:
             out.close()
             proc.wait()

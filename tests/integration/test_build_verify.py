@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -231,3 +232,179 @@ def test_legacy_fixtures_build_and_verify(request: pytest.FixtureRequest, tmp_pa
     if fstype == "ext4":
         assert "metadata_csum_seed" not in report["features"]  # bookworm's GRUB 2.06
     assert_faithful(tree, image)
+
+
+# ---- odd trees of our own: huge sparse files, high ids, hard-linked specials, odd names ----
+
+TIB = 1 << 40
+LAYOUTS = pytest.mark.parametrize("legacy", [False, True], ids=["ext4", "ext3-128"])
+
+
+def new_tree(tmp_path: Path, legacy: bool) -> Path:
+    """An empty tree; ``legacy`` gives it a grub-legacy menu, so build makes ext3 with
+    128-byte inodes and block maps (no extents)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    if legacy:
+        (tree / "boot/grub").mkdir(parents=True)
+        (tree / "boot/grub/menu.lst").write_text("default 0\n")
+    return tree
+
+
+def verify_json(tree: Path, image: Path) -> dict[str, object]:
+    # Reading the holes of a 1 TiB file would take over an hour; this takes seconds.
+    proc = p2v("--json", "verify", "--strict", tree, image, timeout=300)
+    result: dict[str, object] = json.loads(proc.stdout)
+    assert proc.returncode == (1 if result["differences"] else 0), proc.stderr
+    return result
+
+
+def kernel_view(image: Path, tmp_path: Path, paths: list[str]) -> dict[str, os.stat_result]:
+    """lstat of ``paths`` in the image, through a read-only loop mount (the kernel's view)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-o", "loop,ro,offset=1048576", str(image), str(mnt)],
+                   check=True)
+    try:
+        return {p: os.lstat(mnt / p) for p in paths}
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def keep_mtime(path: Path, offset: int, data: bytes) -> None:
+    st = os.stat(path)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@LAYOUTS
+def test_terabyte_sparse_file_builds_and_verifies(tmp_path: Path, legacy: bool) -> None:
+    tree = new_tree(tmp_path, legacy)
+    big = tree / "big"
+    with open(big, "wb") as f:
+        f.truncate(TIB)
+        for i, offset in enumerate((0, 4096 * 12345 + 17, (1 << 39) + 3, TIB - 5000)):
+            os.pwrite(f.fileno(), bytes([0x41 + i]) * 3000, offset)
+        os.pwrite(f.fileno(), b"!", TIB - 1)
+    with open(tree / "zeros-inside", "wb") as f:  # allocated zeros: a hole in the image
+        f.write(b"a" * 5000 + bytes(1 << 20) + b"b" * 5000)
+    image = tmp_path / "big.img"
+    report = build(tree, image)
+    assert report["inode_size"] == (128 if legacy else 256)
+    result = verify_json(tree, image)
+    assert result["differences"] == [] and result["compared"] == len(list(tree.rglob("*"))) + 1
+    assert fsck(image, 1 << 20)[0]
+    # one byte deep inside a data block, same size and mtime
+    keep_mtime(big, (1 << 39) + 1000, b"\0")
+    found = {(d["path"], d["field"]) for d in verify_json(tree, image)["differences"]}
+    assert found == {("/big", "sha256")}, found
+    # put it back; now one byte in the middle of a 256 GiB hole
+    keep_mtime(big, (1 << 39) + 1000, b"C")
+    assert verify_json(tree, image)["differences"] == []
+    keep_mtime(big, 3 << 38, b"\1")
+    found = {(d["path"], d["field"]) for d in verify_json(tree, image)["differences"]}
+    assert found == {("/big", "sha256")}, found
+
+
+HIGH_IDS = (2147483648, 4294967294, 65536, 70000)
+
+
+@LAYOUTS
+def test_owner_ids_up_to_2_pow_32_minus_2(tmp_path: Path, legacy: bool) -> None:
+    tree = new_tree(tmp_path, legacy)
+    owners: dict[str, tuple[int, int]] = {}
+    for uid in HIGH_IDS:
+        for owner in ((uid, uid), (uid, 100), (100, uid)):
+            for kind in ("file", "dir", "link"):
+                name = f"{kind}-{owner[0]}-{owner[1]}"
+                if kind == "file":
+                    (tree / name).write_text(f"{owner}\n")
+                elif kind == "dir":
+                    (tree / name).mkdir()
+                else:
+                    (tree / name).symlink_to("somewhere")
+                os.chown(tree / name, *owner, follow_symlinks=False)
+                owners[name] = owner
+    os.chown(tree, 4294967294, 2147483648)  # the root directory is set by debugfs
+    image = tmp_path / "ids.img"
+    build(tree, image)
+    result = verify_json(tree, image)
+    assert result["differences"] == [], result["differences"]
+    assert fsck(image, 1 << 20)[0]
+    seen = kernel_view(image, tmp_path, [".", *owners])
+    assert {p: (st.st_uid, st.st_gid) for p, st in seen.items()} == {
+        ".": (4294967294, 2147483648), **owners}
+
+
+@LAYOUTS
+def test_hard_links_of_every_kind_stay_one_inode(tmp_path: Path, legacy: bool) -> None:
+    tree = new_tree(tmp_path, legacy)
+    for sub in ("a", "b", "日本語"):
+        (tree / sub).mkdir()
+    groups: list[list[str]] = []
+
+    def link(first: str, *more: str) -> None:
+        for name in more:
+            os.link(tree / first, tree / name, follow_symlinks=False)
+        groups.append([first, *more])
+
+    (tree / "a/sym").symlink_to("target")
+    link("a/sym", "a/sym2", "b/sym3")
+    (tree / "a/slow").symlink_to("t" * 200)  # a target in a data block
+    link("a/slow", "b/slow2")
+    (tree / "a/xsym").symlink_to("x")  # an xattr value too big for the inode: an EA block
+    subprocess.run(["setfattr", "-h", "-n", "trusted.big", "-v", "v" * 300,
+                    str(tree / "a/xsym")], check=True)
+    link("a/xsym", "b/xsym2")
+    os.mkfifo(tree / "a/fifo")
+    link("a/fifo", "b/fifo2")
+    os.mknod(tree / "a/null", 0o20666, os.makedev(1, 3))
+    link("a/null", "b/null2")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(os.fspath(tree / "a/sock"))
+    sock.close()
+    link("a/sock", "b/sock2")
+    (tree / "日本語/リンク\none").symlink_to("ターゲット")  # UTF-8 and newline names
+    link("日本語/リンク\none", "日本語/リンク\ntwo", "b/q\"uote")
+    (tree / "a/file").write_text("a regular file\n")
+    link("a/file", "b/file2")
+    for top, dirs, files in os.walk(tree, topdown=False):  # nanosecond mtimes, kept by ext4
+        for entry in (*files, *dirs):
+            os.utime(os.path.join(top, entry), ns=(1_234_567_890_123_456_789,) * 2,
+                     follow_symlinks=False)
+    image = tmp_path / "links.img"
+    build(tree, image)
+    result = verify_json(tree, image)
+    assert result["differences"] == [], result["differences"]
+    ok, detail = fsck(image, 1 << 20)
+    assert ok, detail  # link counts right, no inode or block left behind
+    seen = kernel_view(image, tmp_path, [p for group in groups for p in group])
+    for group in groups:
+        assert len({seen[p].st_ino for p in group}) == 1, group
+        assert {seen[p].st_nlink for p in group} == {len(group)}, group
+
+
+def test_verify_escapes_names_as_ls_b(tmp_path: Path) -> None:
+    tree = new_tree(tmp_path, False)
+    names = [b"new\nline", b"latin1-caf\xe9", b"tab\there", b"back\\slash", b"caf\xc3\xa9",
+             b"sp ace"]
+    for name in names:
+        (tree / os.fsdecode(name)).write_text("x\n")
+    image = tmp_path / "names.img"
+    build(tree, image)
+    for name in names:
+        (tree / os.fsdecode(name)).chmod(0o600)
+    human = p2v("verify", tree, image)
+    assert human.returncode == 1
+    *lines, summary = human.stdout.splitlines()
+    assert sorted(lines) == sorted(
+        f"/{verify.escape(n)}: mode: source 0o600 != image 0o644" for n in names)
+    assert summary == f"verify: {len(names) + 1} paths compared, {len(names)} differences"
+    assert "/new\\nline: mode" in human.stdout and "/latin1-caf\\351: mode" in human.stdout
+    result = json.loads(p2v("--json", "verify", tree, image).stdout)
+    assert sorted(verify.unescape(d["path"]) for d in result["differences"]) == sorted(
+        b"/" + n for n in names)

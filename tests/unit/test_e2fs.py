@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from p2vimage.core.errors import InputError
-from p2vimage.disk.e2fs import _decode_time, _parse_stat, find_partition, time_fields
+from p2vimage.disk.e2fs import _LS_RECORD, _decode_time, _parse_stat, find_partition, time_fields
 
 
 @pytest.mark.parametrize("seconds,nanos", [
@@ -85,3 +85,27 @@ def test_find_partition_rejects_other_files(tmp_path: Path) -> None:
         find_partition(junk)
     with pytest.raises(InputError, match="does not exist"):
         find_partition(tmp_path / "missing")
+
+
+def test_ids_printed_signed_are_read_unsigned() -> None:
+    """debugfs prints owner and group with %d: 2**31 and up come out negative."""
+    text = b"User: -2147483648   Group:    -2   Project:     0   Size: 3\n"
+    inode = _parse_stat(text, 0o100644)
+    assert (inode.uid, inode.gid, inode.size) == (2147483648, 4294967294, 3)
+    record = _LS_RECORD.fullmatch(b"/30/100644/-2/-2147483648/umax/4/\n")
+    assert record is not None and record.group(5) == b"umax"
+
+
+def test_parse_stat_keeps_the_block_map() -> None:
+    """The map is read so that verify reads only the data blocks of a file."""
+    assert _parse_stat(STAT, 0o100664).extents == [(0, 7930, 1), (2048, 8000, 3)]
+    ext3 = (b"BLOCKS:\n(0):4636, (DIND):4637, (IND):4638, (12345):4639, (TIND):4640, "
+            b"(DIND):4641, (IND):4642, (134217728):4643, (268435454-268435456):4646-4648\n"
+            b"TOTAL: 13\n")
+    inode = _parse_stat(ext3, 0o100644)
+    assert inode.extents == [(0, 4636, 1), (12345, 4639, 1), (134217728, 4643, 1),
+                             (268435454, 4646, 3)]
+    assert inode.data_blocks == 6 and not inode.inline
+    deep = b"EXTENTS:\n(ETB0):33795, (0-1023):35840-36863, (1024-2047):38912-39935\n"
+    assert _parse_stat(deep, 0o100644).extents == [(0, 35840, 1024), (1024, 38912, 1024)]
+    assert _parse_stat(b"Size of inline data: 60\n", 0o100644).inline
