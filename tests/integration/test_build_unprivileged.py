@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from p2vimage.e2fs import fsck
 from tests.conftest import P2VIMAGE, REPO, needs_root, p2v
 
 pytestmark = [pytest.mark.root, needs_root]
@@ -112,5 +111,6 @@ def test_build_as_an_unprivileged_user(top: Path) -> None:
     differences = json.loads(result.stdout)["differences"]
     assert differences == [], differences[:20]
     assert result.returncode == 0
-    ok, detail = fsck(image, 1 << 20)
-    assert ok, detail
+    fsck = subprocess.run(["e2fsck", "-fn", f"{image}?offset={1 << 20}"], capture_output=True,
+                          text=True, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
