@@ -150,8 +150,10 @@ def test_volume_in_the_zone_is_byte_identical(cloud_rig: Rig, legacy_image: Path
 
 
 @rig_test
-def test_server_active_booted_from_the_volume(cloud_rig: Rig, volume: dict[str, Any],
-                                             server: dict[str, Any]) -> None:
+def test_server_active_with_the_volume_mapped_as_root(cloud_rig: Rig, volume: dict[str, Any],
+                                                      server: dict[str, Any]) -> None:
+    """Nova's side only: the rig's compute driver is Nova's fake one, which boots nothing
+    (the next test boots the volume's bytes)."""
     assert server["status"] == "ACTIVE"
     assert server["attached_volumes"] == [volume["volume_id"]]
     nova = cloud_rig.url("nova") + "/v2.1"
@@ -167,6 +169,30 @@ def test_server_active_booted_from_the_volume(cloud_rig: Rig, volume: dict[str, 
     # the volume is the root disk: boot_index 0 (the fake driver names it sda, libvirt with
     # hw_disk_bus=virtio vda)
     assert [(a["volumeId"], a["device"]) for a in attachments] == [(volume["volume_id"], root)]
+
+
+@rig_test
+def test_the_servers_root_volume_boots(cloud_rig: Rig, volume: dict[str, Any],
+                                       server: dict[str, Any], tmp_path: Path) -> None:
+    """The bytes Cinder stored for the server's root volume (the file-backed driver's file)
+    boot with smoke (an overlay: the volume is only read) and answer on the guest's own
+    address with the fixture's page."""
+    attachments = cloud_rig.api("GET", f"{cloud_rig.url('nova')}/v2.1/servers/"
+                                       f"{server['server_id']}/os-volume_attachments")
+    assert [a["volumeId"] for a in attachments["volumeAttachments"]] == [volume["volume_id"]]
+    backing = cloud_rig.volume_file(volume["volume_id"])
+    before = os.stat(backing)
+    proc = p2v("--json", "smoke", backing, "--report-dir", tmp_path / "smoke",
+               "--probe", "http:80:/:200:p2vimage fixture bullseye-i386 OK")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["verdict"] == "pass" and report["image"] == str(backing)
+    assert [(c["name"], c["ok"]) for c in report["checks"]] == [
+        ("phase bootloader", True), ("phase kernel", True), ("phase login", True),
+        ("probe tcp 22", True), ("probe http 80/", True)]
+    after = os.stat(backing)
+    assert (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+        before.st_size, before.st_mtime_ns, before.st_ctime_ns)
 
 
 @rig_test
