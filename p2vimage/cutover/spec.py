@@ -313,6 +313,12 @@ def load(path: Path, profile: str | None = None) -> Spec:
         if not expects[key].strip():  # grep -F '' matches anything: a check that always passes
             raise pt.fail(key, "is empty or blank",
                           hint="give text the answer contains (and the other host's does not)")
+    new, old = expects["expect"], expects["legacy_expect"]
+    if new in old or old in new:  # one answer would pass both checks: no telling them apart
+        raise pt.fail("legacy_expect", f"{old!r} and expect {new!r} cannot tell the hosts apart "
+                      "(one contains the other)",
+                      hint="give text only the instance's answer has, and text only the "
+                           "legacy host's has")
     probe = Probe(access=_access(pt), url=url, expect=expects["expect"],
                   legacy_expect=expects["legacy_expect"], timeout=float(timeout))
     pt.done()

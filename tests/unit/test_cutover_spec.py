@@ -116,6 +116,9 @@ SEMANTIC = [
     ("probe", "expect", "\t"),
     ("probe", "legacy_expect", ""),
     ("probe", "legacy_expect", " \t "),
+    ("probe", "legacy_expect", "instance"),         # the same text as expect
+    ("probe", "legacy_expect", "inst"),             # contained in expect: both would pass
+    ("probe", "legacy_expect", "legacy instance"),  # contains expect
 ]
 
 
