@@ -21,9 +21,12 @@ from typing import Any
 
 from p2vimage.build import stage as imagemod
 from p2vimage.convert import stage as convertmod
+from p2vimage.convert.options import ConvertOptions, ConvertSettings
 from p2vimage.core.errors import InputError
 from p2vimage.core.log import log, step
+from p2vimage.core.plain import plain
 from p2vimage.smoke import stage as smokemod
+from p2vimage.smoke.options import Probe, ProbeKind, SmokeOptions, SmokeSettings
 from p2vimage.sync import stage as syncmod
 
 STAGES = ("sync", "build", "convert", "smoke")
@@ -42,9 +45,9 @@ class RunOptions:
     sync: syncmod.SyncOptions | None = None
     resume: bool = False
     force: bool = False
-    build: dict[str, Any] = dataclasses.field(default_factory=dict)  # BuildOptions fields
-    convert: dict[str, Any] = dataclasses.field(default_factory=dict)  # ConvertOptions fields
-    smoke: dict[str, Any] = dataclasses.field(default_factory=dict)  # SmokeOptions fields
+    build: imagemod.BuildSettings = dataclasses.field(default_factory=imagemod.BuildSettings)
+    convert: ConvertSettings = dataclasses.field(default_factory=ConvertSettings)
+    smoke: SmokeSettings = dataclasses.field(default_factory=SmokeSettings)
 
     @property
     def work(self) -> Path:
@@ -60,8 +63,23 @@ def _image_state(image: Path) -> dict[str, int] | None:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def stage_options(opts: RunOptions) -> dict[str, dict[str, Any]]:
+    """What each stage that applies is run with, as plain JSON: the stamp of a stage holds
+    the digest of its entry, so a stage is redone when any of these changes."""
+    options: dict[str, dict[str, Any]] = {
+        "build": {"source": os.fspath(opts.source), "settings": plain(opts.build)},
+        "convert": plain(opts.convert),
+        "smoke": plain(opts.smoke),
+    }
+    if opts.sync is not None:
+        options["sync"] = {"source": opts.sync.source.rsync_spec(),
+                           "staging": os.fspath(opts.sync.staging),
+                           "excludes": list(opts.sync.excludes)}
+    return options
+
+
 def _digest(options: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
 
 
 def _stamp_path(opts: RunOptions, stage: str) -> Path:
@@ -120,26 +138,26 @@ def run(opts: RunOptions) -> dict[str, Any]:
     if first not in ("sync", "build") and not opts.image.exists():
         raise InputError(f"image {opts.image} does not exist",
                          hint="run from the build stage first")
-    stages: dict[str, tuple[dict[str, Any], Callable[[], dict[str, Any]]]] = {
-        "build": ({"source": os.fspath(opts.source), **opts.build}, lambda: imagemod.build(
-            imagemod.BuildOptions(source=opts.source, output=opts.image,
-                                  force=opts.force or opts.resume, **opts.build))),
-        "convert": (dict(opts.convert), lambda: convertmod.convert(
-            convertmod.ConvertOptions(image=opts.image, **opts.convert))),
-        "smoke": ({k: str(v) for k, v in opts.smoke.items()}, lambda: _smoke(opts)),
+    actions: dict[str, Callable[[], dict[str, Any]]] = {
+        "build": lambda: imagemod.build(imagemod.BuildOptions(
+            source=opts.source, output=opts.image, settings=opts.build,
+            force=opts.force or opts.resume)),
+        "convert": lambda: convertmod.convert(ConvertOptions(image=opts.image,
+                                                             settings=opts.convert)),
+        "smoke": lambda: smokemod.smoke(SmokeOptions(image=opts.image,
+                                                     report_dir=opts.work / "smoke",
+                                                     settings=opts.smoke)),
     }
     if opts.sync is not None:
         sync_opts = opts.sync
-        stages["sync"] = ({"source": sync_opts.source.rsync_spec(),
-                           "staging": os.fspath(sync_opts.staging),
-                           "excludes": list(sync_opts.excludes)},
-                          lambda: syncmod.sync(sync_opts))
+        actions["sync"] = lambda: syncmod.sync(sync_opts)
+    stages = stage_options(opts)
     results: dict[str, Any] = {"image": os.fspath(opts.image), "workdir": os.fspath(opts.work),
                                "stages": {}}
     started = time.monotonic()
-    done = _done(opts, {name: stages[name][0] for name in applicable}) if opts.resume else {}
+    done = _done(opts, stages) if opts.resume else {}
     for name in chosen:
-        options, action = stages[name]
+        options, action = stages[name], actions[name]
         stamp = done.get(name)
         if stamp is not None:
             log.info("‣ %s: done before (stamp %s), skipped", name, _stamp_path(opts, name))
@@ -159,11 +177,6 @@ def run(opts: RunOptions) -> dict[str, Any]:
     results["verdict"] = smoke_report.get("verdict", "pass") if isinstance(
         smoke_report, dict) and "verdict" in smoke_report else "not smoked"
     return results
-
-
-def _smoke(opts: RunOptions) -> dict[str, Any]:
-    return smokemod.smoke(smokemod.SmokeOptions(image=opts.image,
-                                                report_dir=opts.work / "smoke", **opts.smoke))
 
 
 def lines(results: dict[str, Any]) -> list[str]:
@@ -190,7 +203,7 @@ def demo(workdir: Path) -> dict[str, Any]:
     with step("Example tree bullseye-i386 (debootstrap, cached)"):
         tree = ensure_fixture("bullseye-i386")
     workdir.mkdir(parents=True, exist_ok=True)
-    page = smokemod.Probe("http", 80, "p2vimage fixture bullseye-i386 OK")
+    page = Probe(ProbeKind.HTTP, 80, "p2vimage fixture bullseye-i386 OK")
     return run(RunOptions(source=tree, image=workdir / "bullseye-i386.raw",
                           workdir=workdir / "work", force=True,
-                          smoke={"probes": (page,)}))
+                          smoke=SmokeSettings(probes=(page,))))

@@ -18,6 +18,7 @@ the next one, and nothing downstream takes a dirty image for a good one.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from typing import Any
 from p2vimage.build import stage as image
 from p2vimage.convert import fixups
 from p2vimage.convert import stage as convertmod
+from p2vimage.convert.options import ConvertOptions, ConvertSettings
 from p2vimage.core.errors import InputError, StageError
 from p2vimage.core.log import step
 from p2vimage.core.output import lock_or_refuse
@@ -36,7 +38,13 @@ from p2vimage.disk import state as imagestate
 from p2vimage.host import run as runmod
 from p2vimage.sync import stage as syncmod
 
-METHODS = ("auto", "loop", "rebuild")
+
+class RefreshMethod(enum.StrEnum):
+    """``--refresh-method``: how the image takes in the staging tree's changes."""
+
+    AUTO = "auto"  # loop when this process can loop-mount, else rebuild
+    LOOP = "loop"
+    REBUILD = "rebuild"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,16 +53,16 @@ class RefreshOptions:
 
     source: Path
     image: Path
-    method: str = "auto"
+    method: RefreshMethod = RefreshMethod.AUTO
     workdir: Path | None = None  # the sync work dir (its change lists), as for sync
     full_scan: bool = False  # compare the whole tree even when change lists are complete
 
 
-def choose_method(requested: str) -> str:
+def choose_method(requested: RefreshMethod) -> RefreshMethod:
     """``loop`` when this process can loop-mount (it moves only the delta), else ``rebuild``."""
-    if requested != "auto":
+    if requested != RefreshMethod.AUTO:
         return requested
-    return "loop" if loopmount.possible() else "rebuild"
+    return RefreshMethod.LOOP if loopmount.possible() else RefreshMethod.REBUILD
 
 
 def rsync_argv(source: Path, mnt: Path, keeps_ns: bool, protect: bool) -> list[str]:
@@ -162,7 +170,8 @@ def _rebuild(opts: RefreshOptions, state: dict[str, Any]) -> dict[str, int]:
     size = opts.image.stat().st_size
     try:
         report = image.build(image.BuildOptions(source=opts.source, output=opts.image,
-                                                size=size, force=True, uuid=uuid, label=label,
+                                                settings=image.BuildSettings(size=size),
+                                                force=True, uuid=uuid, label=label,
                                                 sync_workdir=opts.workdir))
     except InputError as exc:
         if "too small" in exc.message or "does not fit" in exc.message:
@@ -175,6 +184,19 @@ def _rebuild(opts: RefreshOptions, state: dict[str, Any]) -> dict[str, int]:
     imagestate.update(opts.image, dirty=True, convert=state.get("convert"))
     return {"files": int(str(report["inodes"])),
             "bytes_transferred": int(str(report["data_bytes"]))}
+
+
+def _converted(image: Path, state: dict[str, Any]) -> ConvertSettings | None:
+    """The settings convert last ran with on ``image``, or None when it has not run."""
+    recorded = state.get("convert")
+    if not recorded:
+        return None
+    try:
+        return ConvertSettings.from_record(recorded)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InputError(f"the state file {imagestate.state_path(image)} records convert "
+                         f"settings p2vimage does not know ({exc})",
+                         hint="convert the image again with 'p2vimage convert'") from None
 
 
 def refresh(opts: RefreshOptions) -> dict[str, Any]:
@@ -190,8 +212,10 @@ def refresh(opts: RefreshOptions) -> dict[str, Any]:
                          f"({imagestate.state_path(opts.image).name})",
                          hint="refresh works on images made by 'p2vimage build'; build it "
                               "again with --force")
+    converted = _converted(opts.image, state)  # refused before anything changes
     method = choose_method(opts.method)
-    runmod.require_tools(["rsync", "losetup", "mount"] if method == "loop" else image.TOOLS)
+    loop = method == RefreshMethod.LOOP
+    runmod.require_tools(["rsync", "losetup", "mount"] if loop else image.TOOLS)
     started = time.monotonic()
     fd = os.open(opts.image, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -204,26 +228,25 @@ def refresh(opts: RefreshOptions) -> dict[str, Any]:
             fixups.changed(old, new)
         restore = [p for p in changes if fixups.rewritten(p)]
         synced = len(syncmod.passes(opts.source, opts.workdir))
-        changed = delta(opts, state) if method == "loop" else None
+        changed = delta(opts, state) if loop else None
         imagestate.update(opts.image, dirty=True)
         how = "the whole tree" if changed is None else f"{len(changed)} changed paths"
         with step(f"Refreshing {opts.image} from {opts.source} ({method}, {how})"), \
                 tempfile.TemporaryDirectory(prefix="p2vimage-refresh-") as tmp:
-            stats = _loop(opts, state, restore, changed, Path(tmp)) if method == "loop" \
+            stats = _loop(opts, state, restore, changed, Path(tmp)) if loop \
                 else _rebuild(opts, state)
         copied = round(time.monotonic() - started, 2)
-        converted = state.get("convert")
         convert_report = None
-        if converted and (changes or method == "rebuild"):
+        if converted and (changes or method == RefreshMethod.REBUILD):
             with step(f"Converting again ({len(changes)} fixup inputs changed)"):
-                convert_report = convertmod.convert(convertmod.ConvertOptions(
-                    image=opts.image, **converted))
+                convert_report = convertmod.convert(ConvertOptions(
+                    image=opts.image, settings=converted))
         imagestate.update(opts.image, dirty=False, inputs=new, refreshed=time.time(),
                           synced_passes=synced)
     finally:
         os.close(fd)
     return {
-        "image": os.fspath(opts.image), "source": os.fspath(opts.source), "method": method,
+        "image": os.fspath(opts.image), "source": os.fspath(opts.source), "method": method.value,
         "scope": "full" if changed is None else "delta",
         "delta_paths": None if changed is None else len(changed),
         "stats": stats, "changed_inputs": changes, "restored": restore,

@@ -34,14 +34,21 @@ TOOLS = ("mke2fs", "debugfs")
 
 
 @dataclasses.dataclass(frozen=True)
+class BuildSettings:
+    """The user's choices for the image (the same for ``build`` and ``run``)."""
+
+    size: int | None = None  # bytes; default: the tree plus headroom
+    fstype: str | None = None  # ext2 | ext3 | ext4; default: chosen from the guest
+    fs_features: str | None = None  # mke2fs features to add (name) or drop (^name)
+
+
+@dataclasses.dataclass(frozen=True)
 class BuildOptions:
-    """Settings of one ``build`` (never changed while it runs)."""
+    """One ``build`` (never changed while it runs)."""
 
     source: Path
     output: Path
-    size: int | None = None
-    fstype: str | None = None
-    fs_features: str | None = None
+    settings: BuildSettings = dataclasses.field(default_factory=BuildSettings)
     force: bool = False
     label: str = "root"
     headroom: float = 0.25
@@ -288,9 +295,10 @@ def build(opts: BuildOptions) -> dict[str, object]:
         more = f" and {len(scan.unreadable) - 1} more" if len(scan.unreadable) > 1 else ""
         raise InputError(f"cannot read {scan.unreadable[0]}{more} in {opts.source}",
                          hint="run as root or fix the permissions; nothing was written")
-    profile = fsprofile.choose(facts, opts.fstype, opts.fs_features)
+    profile = fsprofile.choose(facts, opts.settings.fstype, opts.settings.fs_features)
     need = minimum_size(scan, profile) + PART_OFFSET
-    size = opts.size if opts.size is not None else default_size(scan, profile, opts.headroom)
+    size = opts.settings.size if opts.settings.size is not None else default_size(
+        scan, profile, opts.headroom)
     if size < need:
         raise InputError(f"--size {size // MiB} MiB is too small for {opts.source}: "
                          f"it needs at least {-(-need // MiB)} MiB",

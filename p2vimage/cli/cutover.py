@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from p2vimage.cli.options import enum_option
 from p2vimage.core.errors import Interrupted
 from p2vimage.cutover import journal as jmod
 from p2vimage.cutover import plan as planmod
@@ -52,14 +53,14 @@ def _interrupted(spec: specmod.Spec, verb: str, profile: str | None) -> Interrup
 
 
 _SPEC = click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
-_PROFILE = click.option("--profile", type=click.Choice(specmod.PROFILES),
-                        help="Override the spec's profile (fast: the default plan; seed: the "
-                        "seed's steps in its order).")
+_PROFILE = enum_option("--profile", values=specmod.Profile,
+                       help="Override the spec's profile (fast: the default plan; seed: the "
+                       "seed's steps in its order).")
 
 
 def _plan_data(spec: specmod.Spec) -> tuple[dict[str, Any], list[str]]:
     steps = planmod.build(spec)
-    data: dict[str, Any] = {"name": spec.name, "profile": spec.profile, "steps": []}
+    data: dict[str, Any] = {"name": spec.name, "profile": spec.profile.value, "steps": []}
     lines = [f"cutover plan for {spec.name} ({spec.profile} profile), "
              f"public IP {spec.public_ip}:"]
     for n, step in enumerate(steps, 1):
@@ -88,7 +89,7 @@ def register(group: click.Group) -> None:
     @cutover.command("plan")
     @_SPEC
     @_PROFILE
-    def plan_cmd(spec_path: Path, profile: str | None) -> None:
+    def plan_cmd(spec_path: Path, profile: specmod.Profile | None) -> None:
         """Print every command of the cutover, per step and host (a dry run)."""
         data, lines = _plan_data(specmod.load(spec_path, profile))
         _emit(data, lines)
@@ -99,7 +100,8 @@ def register(group: click.Group) -> None:
     @click.option("-o", "--output", "outdir", type=click.Path(path_type=Path, file_okay=False),
                   required=True, help="Directory for run.sh and rollback.sh.")
     @click.option("--force", is_flag=True, help="Replace existing scripts.")
-    def render_cmd(spec_path: Path, profile: str | None, outdir: Path, force: bool) -> None:
+    def render_cmd(spec_path: Path, profile: specmod.Profile | None, outdir: Path,
+                   force: bool) -> None:
         """Write run.sh and rollback.sh: the same commands, to read and run by hand."""
         written = rendermod.render(specmod.load(spec_path, profile), outdir, force)
         _emit(written, [f"{name}: {path}" for name, path in written.items()])
@@ -110,7 +112,7 @@ def register(group: click.Group) -> None:
     @click.option("--inject", help="Rehearse a failure: STEP:KIND, KIND fail (a command "
                   "fails), drop (the ssh connection dies) or check (the check or probe fails);"
                   " the run rolls back.")
-    def run_cmd(spec_path: Path, profile: str | None, inject: str | None) -> None:
+    def run_cmd(spec_path: Path, profile: specmod.Profile | None, inject: str | None) -> None:
         """Cut over (or resume an interrupted cutover); roll back by itself on failure."""
         spec = specmod.load(spec_path, profile)
         fault = planmod.parse_inject(inject) if inject else None
@@ -123,7 +125,7 @@ def register(group: click.Group) -> None:
     @cutover.command("rollback")
     @_SPEC
     @_PROFILE
-    def rollback_cmd(spec_path: Path, profile: str | None) -> None:
+    def rollback_cmd(spec_path: Path, profile: specmod.Profile | None) -> None:
         """Undo what the journal says the cutover did, newest first."""
         spec = specmod.load(spec_path, profile)
         try:
@@ -135,7 +137,7 @@ def register(group: click.Group) -> None:
     @cutover.command("status")
     @_SPEC
     @_PROFILE
-    def status_cmd(spec_path: Path, profile: str | None) -> None:
+    def status_cmd(spec_path: Path, profile: specmod.Profile | None) -> None:
         """Where the cutover is, from its journal (also while a runner works)."""
         spec = specmod.load(spec_path, profile)
         report = runner.report(spec, _workdir(spec))

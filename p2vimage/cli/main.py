@@ -6,7 +6,7 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 
@@ -16,13 +16,25 @@ from p2vimage.build import stage as image
 from p2vimage.build import verify
 from p2vimage.cli import cloud as cli_cloud
 from p2vimage.cli import cutover as cli_cutover
-from p2vimage.cli.options import ProbeType, Settings, SizeType, emit, ssh_source_options
+from p2vimage.cli.options import (
+    FORCE,
+    OUTPUT,
+    Settings,
+    build_options,
+    convert_options,
+    emit,
+    enum_option,
+    smoke_options,
+    ssh_source_options,
+)
 from p2vimage.convert import stage as convert
+from p2vimage.convert.options import ConvertOptions, ConvertSettings
 from p2vimage.core import log as logmod
 from p2vimage.core.errors import Interrupted, P2VError
 from p2vimage.core.units import human
 from p2vimage.host import doctor
 from p2vimage.smoke import stage as smoke
+from p2vimage.smoke.options import SmokeOptions, SmokeSettings
 from p2vimage.sync import stage as sync
 
 
@@ -52,38 +64,33 @@ def doctor_cmd(settings: Settings, refresh: bool) -> None:
 
 @cli.command("build")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="The raw disk image to write.")
-@click.option("--size", type=SizeType(), help="Image size (default: tree + headroom).")
-@click.option("--fs", "fstype", type=click.Choice(["ext2", "ext3", "ext4"]),
-              help="Filesystem type (default: chosen from the guest).")
-@click.option("--fs-features", help="Comma list of mke2fs features to add (name) or drop "
-              "(^name) on top of the choice.")
-@click.option("--force", is_flag=True, help="Replace an existing output.")
+@OUTPUT
+@build_options
+@FORCE
 @click.option("--refresh", is_flag=True, help="Update the existing image in place from SOURCE "
               "(after another sync pass) and convert again only if the fixups' inputs changed.")
-@click.option("--refresh-method", type=click.Choice(refreshmod.METHODS), default="auto",
-              show_default=True, help="loop: rsync into the loop-mounted image (root, moves "
-              "only the delta); rebuild: mke2fs -d again, same UUID, then convert again.")
+@enum_option("--refresh-method", values=refreshmod.RefreshMethod,
+             default=refreshmod.RefreshMethod.AUTO.value, show_default=True,
+             help="loop: rsync into the loop-mounted image (root, moves "
+             "only the delta); rebuild: mke2fs -d again, same UUID, then convert again.")
 @click.option("--full-scan", is_flag=True, help="With --refresh: compare the whole tree, not "
               "just the paths sync recorded as changed (if SOURCE was changed by other means).")
 @click.pass_obj
-def build_cmd(settings: Settings, source: Path, output: Path, size: int | None,
-              fstype: str | None, fs_features: str | None, force: bool, refresh: bool,
-              refresh_method: str, full_scan: bool) -> None:
+def build_cmd(settings: Settings, source: Path, output: Path, build_settings: image.BuildSettings,
+              force: bool, refresh: bool, refresh_method: refreshmod.RefreshMethod,
+              full_scan: bool) -> None:
     """Make a raw disk image (msdos label, one bootable partition) from SOURCE tree."""
     if refresh:
-        if size or fstype or fs_features or force:
+        if build_settings != image.BuildSettings() or force:
             raise click.UsageError("--refresh keeps the image's size and filesystem: drop "
                                    "--size, --fs, --fs-features and --force")
         result = refreshmod.refresh(refreshmod.RefreshOptions(
-            source=source, image=output, method=refresh_method, workdir=settings.workdir,
-            full_scan=full_scan))
+            source=source, image=output, method=refresh_method,
+            workdir=settings.workdir, full_scan=full_scan))
         emit(settings, result, refreshmod.lines(result))
         return
-    opts = image.BuildOptions(source=source, output=output, size=size, fstype=fstype,
-                              fs_features=fs_features, force=force,
-                              sync_workdir=settings.workdir)
+    opts = image.BuildOptions(source=source, output=output, settings=build_settings,
+                              force=force, sync_workdir=settings.workdir)
     report = image.build(opts)
     emit(settings, report, [
         f"image: {report['image']} ({human(int(str(report['size_bytes'])))}, "
@@ -92,58 +99,27 @@ def build_cmd(settings: Settings, source: Path, output: Path, size: int | None,
 
 @cli.command("convert")
 @click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path))
-@click.option("--bootloader", type=click.Choice(["auto", "extlinux", "grub2"]), default="auto",
-              show_default=True, help="auto: the guest's GRUB 2, else extlinux.")
-@click.option("--root-device", type=click.Choice(["uuid", "vda1"]), default="uuid",
-              show_default=True, help="How fstab and the bootloader name the root.")
+@convert_options
 @click.option("--dry-run", is_flag=True, help="Show the diffs and actions; write nothing.")
-@click.option("--swap-file", "swap_file", type=SizeType(), default=None,
-              help="Replace swap partitions with a swap file of this size.")
-@click.option("--disable-hardware-services", is_flag=True,
-              help="Disable mdadm, smartd, lm-sensors, hwclock and vserver services.")
-@click.option("--initramfs-method", type=click.Choice(["auto", "chroot", "appliance"]),
-              default="auto", show_default=True,
-              help="Where a missing-virtio initrd is rebuilt (chroot needs root).")
 @click.pass_obj
-def convert_cmd(settings: Settings, image_path: Path, bootloader: str, root_device: str,
-                dry_run: bool, swap_file: int | None, disable_hardware_services: bool,
-                initramfs_method: str) -> None:
+def convert_cmd(settings: Settings, image_path: Path, convert_settings: ConvertSettings,
+                dry_run: bool) -> None:
     """Make IMAGE boot as a KVM guest, offline (fstab, bootloader, initrd, console, NICs)."""
-    opts = convert.ConvertOptions(
-        image=image_path, bootloader=bootloader, root_device=root_device, dry_run=dry_run,
-        swap_file_mib=(swap_file or 0) >> 20, disable_hardware=disable_hardware_services,
-        initramfs_method=initramfs_method)
+    opts = ConvertOptions(image=image_path, settings=convert_settings, dry_run=dry_run)
     report = convert.convert(opts)
     emit(settings, report, convert.lines(report))
 
 
 @cli.command("smoke")
 @click.argument("image_path", metavar="IMAGE", type=click.Path(path_type=Path))
-@click.option("--probe", "probes", type=ProbeType(), multiple=True,
-              help="tcp:PORT[:BANNER], http:PORT[:PATH[:STATUS[:TEXT]]] or ssh:CMD[:TEXT], "
-              "optionally @ADDRESS (default: the guest's first address). Repeatable.")
-@click.option("--no-default-probe", is_flag=True, help="Do not probe ssh's SSH-2.0 banner.")
+@smoke_options
 @click.option("--report-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where report.json, junit.xml and the console log go (IMAGE.smoke/).")
-@click.option("--login-regex", default=r"login:\s*$", show_default=True)
-@click.option("--timeout", "timeouts", multiple=True, metavar="PHASE=SECONDS",
-              help="Phase timeouts: bootloader, kernel, login, probes. Repeatable.")
 @click.pass_obj
-def smoke_cmd(settings: Settings, image_path: Path, probes: tuple[smoke.Probe, ...],
-              no_default_probe: bool, report_dir: Path | None, login_regex: str,
-              timeouts: tuple[str, ...]) -> None:
+def smoke_cmd(settings: Settings, image_path: Path, smoke_settings: SmokeSettings,
+              report_dir: Path | None) -> None:
     """Boot IMAGE under qemu (never modified), watch its console, probe its services."""
-    limits: dict[str, float] = {}
-    for item in timeouts:
-        phase, _, value = item.partition("=")
-        if phase not in ("bootloader", "kernel", "login", "probes") or not value.replace(
-                ".", "", 1).isdigit():
-            raise click.UsageError(f"bad --timeout {item!r}: use bootloader|kernel|login|"
-                                   "probes=SECONDS")
-        limits[{"probes": "probe"}.get(phase, phase) + "_timeout"] = float(value)
-    opts = smoke.SmokeOptions(image=image_path, report_dir=report_dir, probes=probes,
-                              default_probe=not no_default_probe, login_regex=login_regex,
-                              **limits)  # type: ignore[arg-type]
+    opts = SmokeOptions(image=image_path, report_dir=report_dir, settings=smoke_settings)
     report = smoke.smoke(opts)
     emit(settings, report, smoke.lines(report))
     if report["verdict"] != "pass":
@@ -152,8 +128,7 @@ def smoke_cmd(settings: Settings, image_path: Path, probes: tuple[smoke.Probe, .
 
 @cli.command("run")
 @click.argument("source")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
-              help="The image to make.")
+@OUTPUT
 @click.option("--staging", type=click.Path(path_type=Path, file_okay=False),
               help="With an ssh:// SOURCE: the staging tree the sync stage fills.")
 @ssh_source_options
@@ -162,33 +137,30 @@ def smoke_cmd(settings: Settings, image_path: Path, probes: tuple[smoke.Probe, .
 @click.option("--until", "last", type=click.Choice(pipeline.STAGES), default="smoke",
               show_default=True, help="Last stage to run.")
 @click.option("--resume", is_flag=True, help="Skip stages whose stamp shows them done.")
-@click.option("--force", is_flag=True, help="Replace an existing image.")
-@click.option("--size", type=SizeType(), help="Image size (default: tree + headroom).")
-@click.option("--bootloader", type=click.Choice(["auto", "extlinux", "grub2"]), default="auto")
-@click.option("--root-device", type=click.Choice(["uuid", "vda1"]), default="uuid")
-@click.option("--probe", "probes", type=ProbeType(), multiple=True,
-              help="Smoke probes (see 'smoke --help'). Repeatable.")
+@FORCE
+@build_options
+@convert_options
+@smoke_options
 @click.pass_obj
-def run_cmd(settings: Settings, /, source: str, output: Path, staging: Path | None,
-            first: str | None, last: str, resume: bool, force: bool, size: int | None,
-            bootloader: str, root_device: str, probes: tuple[smoke.Probe, ...],
-            **ssh: Any) -> None:
+def run_cmd(settings: Settings, source: str, output: Path, staging: Path | None,
+            source_access: sync.SourceAccess, first: str | None, last: str, resume: bool,
+            force: bool, build_settings: image.BuildSettings,
+            convert_settings: ConvertSettings, smoke_settings: SmokeSettings) -> None:
     """The pipeline: SOURCE (a tree, or ssh://[user@]host[:port]/ synced into --staging first)
     → built, converted, smoke-tested image."""
     sync_opts = None
     if source.startswith("ssh://"):
         if staging is None:
             raise click.UsageError("an ssh:// SOURCE needs --staging DIR for the synced tree")
-        sync_opts = sync.SyncOptions(source=sync.parse_source(source), staging=staging, **ssh)
+        sync_opts = sync.SyncOptions(source=sync.parse_source(source), staging=staging,
+                                     access=source_access)
         tree = staging
     else:
         tree = Path(source)
     opts = pipeline.RunOptions(
         source=tree, image=output, workdir=settings.workdir, first=first, last=last,
-        sync=sync_opts,
-        resume=resume, force=force, build={"size": size} if size else {},
-        convert={"bootloader": bootloader, "root_device": root_device},
-        smoke={"probes": probes} if probes else {})
+        sync=sync_opts, resume=resume, force=force, build=build_settings,
+        convert=convert_settings, smoke=smoke_settings)
     results = pipeline.run(opts)
     emit(settings, results, pipeline.lines(results))
 
@@ -214,13 +186,14 @@ def demo_cmd(settings: Settings) -> None:
 @click.option("--bwlimit", help="rsync --bwlimit (e.g. 20m).")
 @ssh_source_options
 @click.pass_obj
-def sync_cmd(settings: Settings, /, source: str, staging: Path, excludes: tuple[str, ...],
-             profile: str, final: bool, bwlimit: str | None, **ssh: Any) -> None:
+def sync_cmd(settings: Settings, source: str, staging: Path, excludes: tuple[str, ...],
+             profile: str, final: bool, bwlimit: str | None,
+             source_access: sync.SourceAccess) -> None:
     """Copy SOURCE (ssh://[user@]host[:port]/[path] or a directory) into STAGING with rsync."""
     base = sync.SEED_PROFILE if profile == "seed" else ()
     opts = sync.SyncOptions(
         source=sync.parse_source(source), staging=staging, workdir=settings.workdir,
-        excludes=(*base, *excludes), final=final, bwlimit=bwlimit, **ssh)
+        excludes=(*base, *excludes), final=final, bwlimit=bwlimit, access=source_access)
     report = sync.sync(opts)
     stats = report["stats"]
     emit(settings, report, [

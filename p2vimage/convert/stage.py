@@ -18,12 +18,31 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 from p2vimage.convert import fixups
-from p2vimage.convert.fixups.base import Action, Edit, Result, Target
+from p2vimage.convert.fixups.base import (
+    Action,
+    Edit,
+    ExtlinuxInstall,
+    Grub2Install,
+    InitramfsRebuild,
+    Loader,
+    Result,
+    SetBootable,
+    SwapFile,
+    Target,
+    WriteMbr,
+)
+from p2vimage.convert.options import (
+    BootloaderChoice,
+    ConvertOptions,
+    InitramfsMethod,
+    RootDevice,
+)
 from p2vimage.core.errors import InputError, PreconditionError, StageError
 from p2vimage.core.log import step
+from p2vimage.core.plain import plain
 from p2vimage.disk import loopmount, mbr
 from p2vimage.disk import state as imagestate
 from p2vimage.guest import inspect as guestinfo
@@ -37,19 +56,6 @@ MBR_BIN = ("/usr/lib/EXTLINUX/mbr.bin", "/usr/lib/syslinux/mbr/mbr.bin",
 CONSOLE_ARGS = ("console=tty0", "console=ttyS0,115200")
 X86 = {"i386", "i486", "i586", "i686", "x86_64", "amd64"}
 TOOLS = ("lsinitramfs", "qemu-system-x86_64")
-
-
-@dataclasses.dataclass(frozen=True)
-class ConvertOptions:
-    """Settings of one ``convert``."""
-
-    image: Path
-    bootloader: str = "auto"  # auto | extlinux | grub2
-    root_device: str = "uuid"  # uuid | vda1
-    dry_run: bool = False
-    swap_file_mib: int = 0
-    disable_hardware: bool = False
-    initramfs_method: str = "auto"  # auto | chroot | appliance
 
 
 def host_mbr_bin() -> bytes:
@@ -103,27 +109,34 @@ def choose_target(info: GuestInfo, view: Guest, opts: ConvertOptions,
     """The bootloader, root device and kernel arguments the converted guest gets."""
     has_grub2 = any(view.is_file(p) for p in ("/usr/sbin/grub-install", "/usr/sbin/grub2-install",
                                               "/sbin/grub-install"))
-    if opts.bootloader == "auto":
-        if info.bootloader == "grub2" and has_grub2:
-            loader = "grub2"
-        elif info.bootloader in ("grub-legacy", "extlinux"):
-            loader = "extlinux"
-        else:
-            raise InputError(f"no bootloader p2vimage knows found in {opts.image} "
-                             f"(guest bootloader: {info.bootloader})",
-                             hint="choose one with --bootloader extlinux")
-    else:
-        loader = opts.bootloader
-        if loader == "grub2" and not has_grub2:
-            raise InputError(f"the guest in {opts.image} has no grub-install",
-                             hint="use --bootloader extlinux")
+    settings = opts.settings
+    loader: Loader
+    match settings.bootloader:
+        case BootloaderChoice.AUTO:
+            if info.bootloader == "grub2" and has_grub2:
+                loader = Loader.GRUB2
+            elif info.bootloader in ("grub-legacy", "extlinux"):
+                loader = Loader.EXTLINUX
+            else:
+                raise InputError(f"no bootloader p2vimage knows found in {opts.image} "
+                                 f"(guest bootloader: {info.bootloader})",
+                                 hint="choose one with --bootloader extlinux")
+        case BootloaderChoice.GRUB2:
+            if not has_grub2:
+                raise InputError(f"the guest in {opts.image} has no grub-install",
+                                 hint="use --bootloader extlinux")
+            loader = Loader.GRUB2
+        case BootloaderChoice.EXTLINUX:
+            loader = Loader.EXTLINUX
+        case _:
+            assert_never(settings.bootloader)
     args = list(CONSOLE_ARGS)
     if info.predictable_names and any(re.fullmatch(r"eth\d+", n) for n in info.nics):
         args.append("net.ifnames=0")
-    root = f"UUID={info.root_uuid}" if opts.root_device == "uuid" else "/dev/vda1"
+    root = f"UUID={info.root_uuid}" if settings.root_device == RootDevice.UUID else "/dev/vda1"
     return Target(root_spec=root, bootloader=loader, kernel_args=tuple(args),
-                  swap_file_mib=opts.swap_file_mib, disable_hardware=opts.disable_hardware,
-                  mbr_bin=mbr_bin)
+                  swap_file_mib=settings.swap_file_mib,
+                  disable_hardware=settings.disable_hardware, mbr_bin=mbr_bin)
 
 
 def _inspect(guest: Guest, opts: ConvertOptions) -> GuestInfo:
@@ -187,29 +200,29 @@ def _grub2_install(guest: Guest, target: Target) -> None:
 
 
 def _run_action(guest: Guest, action: Action, target: Target) -> None:
-    if action.name == "swapfile":
-        guest.swapfile(action.args[0], int(action.args[1]))
-    elif action.name == "initramfs-rebuild":
-        tool, *versions = action.args
-        for version in versions:
-            guest.command(_rebuild_argv(tool, version))
-    elif action.name == "grub2-install":
-        _grub2_install(guest, target)
-    elif action.name == "extlinux-install":
-        guest.install_extlinux(action.args[0])
-    elif action.name == "mbr":
-        guest.write_mbr(target.mbr_bin)
-    elif action.name == "bootflag":
-        guest.set_bootable()
-    else:  # pragma: no cover - every planned action is handled above
-        raise StageError(f"unknown action {action.name}", hint="this is a bug")
+    match action:
+        case SwapFile(path, mib):
+            guest.swapfile(path, mib)
+        case InitramfsRebuild(tool, versions):
+            for version in versions:
+                guest.command(_rebuild_argv(tool, version))
+        case Grub2Install():
+            _grub2_install(guest, target)
+        case ExtlinuxInstall(directory):
+            guest.install_extlinux(directory)
+        case WriteMbr():
+            guest.write_mbr(target.mbr_bin)
+        case SetBootable():
+            guest.set_bootable()
+        case _:
+            assert_never(action)
 
 
 def _chroot_possible(info: GuestInfo) -> bool:
     return loopmount.possible() and platform.machine() == "x86_64" and info.arch in X86
 
 
-def _still_missing(info: GuestInfo, versions: list[str],
+def _still_missing(info: GuestInfo, versions: tuple[str, ...],
                    listing: Callable[[str], str]) -> list[str]:
     """After a rebuild, list the initrds again: the virtio modules they still lack."""
     still: list[str] = []
@@ -221,15 +234,14 @@ def _still_missing(info: GuestInfo, versions: list[str],
     return still
 
 
-def _rebuild_in_chroot(image: Path, info: GuestInfo, action: Action) -> list[str]:
+def _rebuild_in_chroot(image: Path, info: GuestInfo, action: InitramfsRebuild) -> list[str]:
     """Rebuild in a host chroot of the image, then re-list (one mount for both)."""
-    tool, *versions = action.args
     with loopmount.mounted(image, pseudo=True) as root:
-        for version in versions:
-            runmod.run(["chroot", str(root), *_rebuild_argv(tool, version)], timeout=1800,
-                       env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
-                       what=f"{tool} in a chroot of {image}")
-        return _still_missing(info, versions,
+        for version in action.versions:
+            runmod.run(["chroot", str(root), *_rebuild_argv(action.tool, version)],
+                       timeout=1800, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+                       what=f"{action.tool} in a chroot of {image}")
+        return _still_missing(info, action.versions,
                               lambda p: guestinfo.list_initrd(root / p.lstrip("/")))
 
 
@@ -250,7 +262,7 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
     started = time.monotonic()
     timings: dict[str, float] = {}
     launches_before = launches()
-    deferred: Action | None = None
+    deferred: InitramfsRebuild | None = None
     missing: list[str] = []
     with step(f"Opening {opts.image} in libguestfs ({chosen.describe()})"), \
             Guest(opts.image, chosen, readonly=opts.dry_run) as guest:
@@ -266,38 +278,36 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
             guest.mount_root(guest.root_device, writable=True)
             with step(f"Applying {len(edits)} edits"):
                 _apply_edits(guest, edits)
+            where = opts.settings.initramfs_method
             for action in actions:
-                if action.name == "initramfs-rebuild" and (
-                        opts.initramfs_method == "chroot" or (
-                        opts.initramfs_method == "auto" and _chroot_possible(info))):
+                if isinstance(action, InitramfsRebuild) and (
+                        where == InitramfsMethod.CHROOT or (
+                        where == InitramfsMethod.AUTO and _chroot_possible(info))):
                     deferred = action
                     continue
                 with step(action.detail):
                     t0 = time.monotonic()
                     _run_action(guest, action, target)
                     timings[action.name] = round(time.monotonic() - t0, 2)
-                if action.name == "initramfs-rebuild":
-                    missing = _still_missing(info, list(action.args[1:]), _guest_listing(guest))
+                if isinstance(action, InitramfsRebuild):
+                    missing = _still_missing(info, action.versions, _guest_listing(guest))
     initramfs_report: dict[str, Any] | None = None
     for action in actions:
-        if action.name == "initramfs-rebuild" and not opts.dry_run:
-            method = "chroot" if deferred else "appliance"
+        if isinstance(action, InitramfsRebuild) and not opts.dry_run:
+            method = InitramfsMethod.CHROOT if deferred else InitramfsMethod.APPLIANCE
             if deferred:
                 with step(f"{action.detail} in a host chroot"):
                     t0 = time.monotonic()
                     missing = _rebuild_in_chroot(opts.image, info, action)
-                    timings["initramfs-rebuild"] = round(time.monotonic() - t0, 2)
+                    timings[action.name] = round(time.monotonic() - t0, 2)
             if missing:
                 raise StageError(f"the rebuilt initrd still lacks {', '.join(missing)}",
                                  hint="check the guest's initramfs configuration")
-            initramfs_report = {"method": method, "seconds": timings["initramfs-rebuild"],
-                                "kernels": list(action.args[1:])}
+            initramfs_report = {"method": method.value, "seconds": timings[action.name],
+                                "kernels": list(action.versions)}
     timings["total"] = round(time.monotonic() - started, 2)
     if not opts.dry_run:  # what build --refresh re-runs when the fixups' inputs change
-        imagestate.update(opts.image, convert={
-            "bootloader": opts.bootloader, "root_device": opts.root_device,
-            "swap_file_mib": opts.swap_file_mib, "disable_hardware": opts.disable_hardware,
-            "initramfs_method": opts.initramfs_method})
+        imagestate.update(opts.image, convert=plain(opts.settings))
     return report(opts, info, target, results, timings, launches() - launches_before,
                   chosen, initramfs_report)
 
@@ -315,7 +325,7 @@ def report(opts: ConvertOptions, info: GuestInfo, target: Target, results: list[
                   "root_uuid": info.root_uuid, "fstype": info.fstype,
                   "kernels": [dataclasses.asdict(k) for k in info.kernels],
                   "missing_virtio": {k: list(v) for k, v in info.missing_modules.items() if v}},
-        "target": {"bootloader": target.bootloader, "root": target.root_spec,
+        "target": {"bootloader": target.bootloader.value, "root": target.root_spec,
                    "kernel_args": list(target.kernel_args)},
         "fixups": [{"name": r.name, "changed": [e.path for e in r.edits],
                     "actions": [a.detail for a in r.actions], "notes": r.notes,

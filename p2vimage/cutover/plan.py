@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Sequence
 
 from p2vimage.core.errors import InputError
-from p2vimage.cutover.spec import Spec
+from p2vimage.cutover.spec import Profile, Spec
 from p2vimage.cutover.steps import STEP_NAMES, Cmd, Command, Need, Step, Target
 
 q = shlex.quote
@@ -108,7 +108,7 @@ def _has_addr(iface: str, addr: str, present: bool = True) -> Command:
 
 def steps(spec: Spec) -> dict[str, Step]:
     """Every step of SPEC's profile, by name (ordering is :func:`build`'s)."""
-    fast = spec.profile == "fast"
+    fast = spec.profile == Profile.FAST
     lg, nd, pr = spec.legacy, spec.node, spec.probe
     add = "replace" if fast else "add"
     br, nif, lif = nd.bridge, nd.interface, lg.interface
@@ -232,10 +232,11 @@ def probe_command(spec: Spec, expect: str) -> Command:
 
 # fast: the address leaves before the services stop, so a rollback starts them again before
 # the address comes back (and they answer at once)
-ORDER = {"fast": ("maintenance", "bridge", "proxy-arp", "remove-ip", "stop", "boot", "route",
-                  "garp", "verify"),
-         "seed": ("maintenance", "bridge", "remove-ip", "stop", "boot", "route", "proxy-arp",
-                  "garp", "verify")}
+ORDER: dict[str, tuple[str, ...]] = {  # by profile (a journal records it as its value)
+    Profile.FAST: ("maintenance", "bridge", "proxy-arp", "remove-ip", "stop", "boot", "route",
+                   "garp", "verify"),
+    Profile.SEED: ("maintenance", "bridge", "remove-ip", "stop", "boot", "route", "proxy-arp",
+                   "garp", "verify")}
 
 
 def parse_inject(text: str) -> tuple[str, str]:

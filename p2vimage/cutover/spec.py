@@ -9,6 +9,7 @@ Errors are one line naming the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import ipaddress
 import re
@@ -22,7 +23,14 @@ from typing import Any
 from p2vimage.core.errors import InputError
 from p2vimage.cutover.steps import Command
 
-PROFILES = ("fast", "seed")
+
+class Profile(enum.StrEnum):
+    """The cutover plan's order of steps."""
+
+    FAST = "fast"  # the default plan: the address leaves before the services stop
+    SEED = "seed"  # the seed's steps in its order
+
+
 PERSIST = ("rc.local", "files", "none")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _IFNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")
@@ -107,7 +115,7 @@ class Spec:
     digest: str
     name: str
     public_ip: ipaddress.IPv4Interface
-    profile: str
+    profile: Profile
     persist: str
     rc_local: Path
     sysctl_dir: Path
@@ -244,7 +252,7 @@ def _access(table: _Table) -> Access:
                           Path(known) if known else None, tuple(options), accept))
 
 
-def load(path: Path, profile: str | None = None) -> Spec:
+def load(path: Path, profile: Profile | None = None) -> Spec:
     """Read and validate a spec file. Raises InputError (one line: file, key, problem)."""
     try:
         raw = path.read_bytes()
@@ -258,9 +266,10 @@ def load(path: Path, profile: str | None = None) -> Spec:
     top = _Table(path, "", data)
     name = top.text("name", required=True, pattern=_NAME)
     public_ip = _iface(top, "public_ip")
-    chosen = top.text("profile", "fast")
-    if chosen not in PROFILES:
-        raise top.fail("profile", f"{chosen!r} is not one of {', '.join(PROFILES)}")
+    given = top.text("profile", Profile.FAST.value)
+    if given not in {p.value for p in Profile}:
+        raise top.fail("profile", f"{given!r} is not one of {', '.join(Profile)}")
+    chosen = Profile(given)
     persist = top.text("persist", "rc.local")
     if persist not in PERSIST:
         raise top.fail("persist", f"{persist!r} is not one of {', '.join(PERSIST)}")
@@ -341,7 +350,7 @@ def load(path: Path, profile: str | None = None) -> Spec:
     ht.done()
     top.done()
     chosen = profile or chosen
-    digest = hashlib.sha256(raw + chosen.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(raw + chosen.value.encode()).hexdigest()[:16]
     return Spec(path=path, digest=digest, name=name, public_ip=public_ip, profile=chosen,
                 persist=persist, rc_local=paths["rc_local"], sysctl_dir=paths["sysctl_dir"],
                 networkd_dir=paths["networkd_dir"], legacy=legacy, node=node, probe=probe,

@@ -30,6 +30,7 @@ from p2vimage.disk.e2fs import E2fsFiles
 from p2vimage.guest.netconf import Iface, interfaces
 from p2vimage.host import accel as accelmod
 from p2vimage.host import run as runmod
+from p2vimage.smoke.options import Probe, ProbeKind, SmokeOptions
 
 TOOLS = ("qemu-system-x86_64", "qemu-img")
 BOOTLOADER_OK = re.compile(r"Linux version|Decompressing Linux|Booting the kernel|"
@@ -48,71 +49,6 @@ FAILURES = [
                 r"|error: no such partition[^\n]*|Boot failed[^\n]*|No bootable device[^\n]*"
                 r"|Missing operating system|Invalid partition table"), "bootloader error"),
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class Probe:
-    """A check of a service: ``tcp`` banner, ``http`` GET, or ``ssh`` command."""
-
-    kind: str
-    port: int
-    expect: str  # banner prefix / body substring / command output substring
-    path: str = "/"  # http path
-    status: int = 200  # http status
-    command: str = ""  # ssh command
-    address: str | None = None  # default: the guest's first address
-
-    @property
-    def name(self) -> str:
-        """A short name for reports."""
-        if self.kind == "http":
-            return f"http {self.port}{self.path}"
-        if self.kind == "ssh":
-            return f"ssh {self.command}"
-        return f"tcp {self.port}"
-
-
-def parse_probe(spec: str) -> Probe:
-    """``tcp:PORT[:BANNER]``, ``http:PORT[:PATH[:STATUS[:TEXT]]]``, ``ssh:COMMAND[:TEXT]``,
-    each optionally ending in ``@ADDRESS``. Raises InputError for anything else."""
-    address = None
-    if "@" in spec and re.fullmatch(r"\d+\.\d+\.\d+\.\d+", spec.rsplit("@", 1)[1]):
-        spec, address = spec.rsplit("@", 1)
-    kind, _, rest = spec.partition(":")
-    parts = rest.split(":")
-    try:
-        if kind == "tcp":
-            return Probe("tcp", int(parts[0]), parts[1] if len(parts) > 1 else "",
-                         address=address)
-        if kind == "http":
-            return Probe("http", int(parts[0]), ":".join(parts[3:]),
-                         path=parts[1] if len(parts) > 1 and parts[1] else "/",
-                         status=int(parts[2]) if len(parts) > 2 and parts[2] else 200,
-                         address=address)
-        if kind == "ssh" and parts[0]:
-            return Probe("ssh", 22, parts[1] if len(parts) > 1 else "", command=parts[0],
-                         address=address)
-    except (ValueError, IndexError):
-        pass
-    raise InputError(f"cannot read probe {spec!r}",
-                     hint="use tcp:22:SSH-2.0, http:80:/:200:TEXT or ssh:COMMAND:TEXT")
-
-
-@dataclasses.dataclass(frozen=True)
-class SmokeOptions:
-    """Settings of one smoke run."""
-
-    image: Path
-    report_dir: Path | None = None
-    probes: tuple[Probe, ...] = ()
-    default_probe: bool = True  # ssh banner on the guest's first address
-    login_regex: str = r"login:\s*$"
-    bootloader_timeout: float = 90.0
-    kernel_timeout: float = 240.0
-    login_timeout: float = 300.0
-    probe_timeout: float = 120.0
-    memory_mib: int = 1024
-    smp: int = 2
 
 
 @dataclasses.dataclass
@@ -176,9 +112,9 @@ def netdev_arg(nic: Nic) -> str:
 def qemu_argv(opts: SmokeOptions, chosen: accelmod.Accel, overlay: Path, console: Path,
               firmware: Path, nics: list[Nic]) -> list[str]:
     """The qemu command line: the image's overlay on virtio, serial console to a file."""
-    argv = ["qemu-system-x86_64", *chosen.qemu_args(), "-smp", str(opts.smp),
-            "-m", str(opts.memory_mib), "-nodefaults", "-no-user-config", "-display", "none",
-            "-no-reboot", "-drive", f"file={overlay},format=qcow2,if=virtio",
+    argv = ["qemu-system-x86_64", *chosen.qemu_args(), "-smp", str(opts.settings.smp),
+            "-m", str(opts.settings.memory_mib), "-nodefaults", "-no-user-config",
+            "-display", "none", "-no-reboot", "-drive", f"file={overlay},format=qcow2,if=virtio",
             "-chardev", f"file,id=con,path={console}", "-serial", "chardev:con",
             "-chardev", f"file,id=fw,path={firmware}",
             "-device", "isa-debugcon,iobase=0x402,chardev=fw"]
@@ -241,12 +177,12 @@ def watch(console: Console | _Both, proc: Any, pattern: re.Pattern[str], timeout
 def probe_once(probe: Probe, port: int, ssh: list[str] | None) -> tuple[bool, str]:
     """Try a probe once through its forwarded host port."""
     try:
-        if probe.kind == "tcp":
+        if probe.kind == ProbeKind.TCP:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.settimeout(5)
                 banner = s.recv(256).decode("utf-8", "replace").strip()
             return banner.startswith(probe.expect), banner[:80] or "no banner"
-        if probe.kind == "http":
+        if probe.kind == ProbeKind.HTTP:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             conn.request("GET", probe.path, headers={"Connection": "close"})
             resp = conn.getresponse()
@@ -343,14 +279,16 @@ def smoke(opts: SmokeOptions) -> dict[str, Any]:
         raise InputError(f"image {opts.image} does not exist", hint="give the converted image")
     runmod.require_tools(TOOLS)
     view = E2fsFiles(image)  # also refuses what is not a raw image with an ext filesystem
-    chosen = accelmod.detect(guestfs=any(p.kind == "ssh" for p in opts.probes))
+    settings = opts.settings
+    chosen = accelmod.detect(guestfs=any(p.kind == ProbeKind.SSH for p in settings.probes))
     report_dir = opts.report_dir or image.with_name(image.name + ".smoke")
     report_dir.mkdir(parents=True, exist_ok=True)
     nics = plan_nics(interfaces(view))
     by_addr = _addresses(nics)
     default_addr = next((n.address() for n in nics if n.iface.method == "static"),
                         nics[0].address())
-    probes = ([Probe("tcp", 22, "SSH-2.0")] if opts.default_probe else []) + list(opts.probes)
+    probes = ([Probe(ProbeKind.TCP, 22, "SSH-2.0")] if settings.default_probe else []) + list(
+        settings.probes)
     targets: list[tuple[Probe, int]] = []
     for probe in probes:
         addr = probe.address or default_addr
@@ -370,18 +308,18 @@ def smoke(opts: SmokeOptions) -> dict[str, Any]:
         runmod.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "raw",
                     str(overlay)], what="qemu-img create")
         ssh = None
-        if any(p.kind == "ssh" for p in probes):
+        if any(p.kind == ProbeKind.SSH for p in probes):
             ssh = ssh_access(opts, chosen, overlay, tmp, view,
-                             [port for p, port in targets if p.kind == "ssh"])
+                             [port for p, port in targets if p.kind == ProbeKind.SSH])
         argv = qemu_argv(opts, chosen, overlay, console_log, firmware_log, nics)
         log.info("smoke: %s, NICs %s", chosen.describe(),
                  "; ".join(f"{n.iface.name} {n.iface.method} {n.address()}" for n in nics))
         with step(f"Booting {opts.image}"), vm(argv) as proc:
             console = _Both(Console(console_log), Console(firmware_log))
-            login = re.compile(opts.login_regex, re.M)
-            phases = [("bootloader", BOOTLOADER_OK, opts.bootloader_timeout),
-                      ("kernel", KERNEL_OK, opts.kernel_timeout),
-                      ("login", login, opts.login_timeout)]
+            login = re.compile(settings.login_regex, re.M)
+            phases = [("bootloader", BOOTLOADER_OK, settings.bootloader_timeout),
+                      ("kernel", KERNEL_OK, settings.kernel_timeout),
+                      ("login", login, settings.login_timeout)]
             since = 0
             for i, (name, _, timeout) in enumerate(phases):
                 pattern = re.compile("|".join(f"(?:{p.pattern})" for _, p, _ in phases[i:]),
@@ -393,7 +331,7 @@ def smoke(opts: SmokeOptions) -> dict[str, Any]:
                 if not check.ok:
                     break
             if all(c.ok for c in checks):
-                checks += run_probes(targets, opts.probe_timeout, ssh)
+                checks += run_probes(targets, settings.probe_timeout, ssh)
     tail = Console(console_log).tail()
     report = {
         "image": os.fspath(opts.image), "verdict": "pass" if all(c.ok for c in checks)

@@ -94,6 +94,17 @@ def parse_source(text: str) -> Source:
 
 
 @dataclasses.dataclass(frozen=True)
+class SourceAccess:
+    """How an ssh:// source is reached and read (the same for ``sync`` and ``run``)."""
+
+    identity: Path | None = None
+    ssh_config: Path | None = None  # instead of ~/.ssh/config (ssh -F)
+    rsync_path: str | None = None  # the remote rsync command, e.g. "sudo rsync"
+    ssh_options: tuple[str, ...] = ()
+    accept_new_host_key: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class SyncOptions:
     """Settings of one sync pass."""
 
@@ -103,11 +114,7 @@ class SyncOptions:
     excludes: tuple[str, ...] = SEED_PROFILE
     final: bool = False
     bwlimit: str | None = None
-    identity: Path | None = None
-    ssh_config: Path | None = None  # instead of ~/.ssh/config (ssh -F)
-    rsync_path: str | None = None  # the remote rsync command, e.g. "sudo rsync"
-    ssh_options: tuple[str, ...] = ()
-    accept_new_host_key: bool = False
+    access: SourceAccess = dataclasses.field(default_factory=SourceAccess)
     timeout: int = 600  # rsync's I/O timeout: a cut connection fails instead of hanging
 
     @property
@@ -189,9 +196,9 @@ def ssh_target(opts: SyncOptions) -> ssh.SshTarget:
     """How the source host is reached (its ssh options, never the staging side)."""
     assert opts.source.host is not None
     return ssh.SshTarget(host=opts.source.host, user=opts.source.user, port=opts.source.port,
-                         identity=opts.identity, config=opts.ssh_config,
-                         options=opts.ssh_options,
-                         accept_new_host_key=opts.accept_new_host_key)
+                         identity=opts.access.identity, config=opts.access.ssh_config,
+                         options=opts.access.ssh_options,
+                         accept_new_host_key=opts.access.accept_new_host_key)
 
 
 def ssh_argv(opts: SyncOptions) -> list[str]:
@@ -220,7 +227,7 @@ def remote_facts(opts: SyncOptions) -> dict[str, Any]:
     """Mounts (with sizes), kernel, bootloader and rsync version of the source (over ssh,
     or locally)."""
     script = (f"P2V_ROOT={shlex.quote(opts.source.path.rstrip('/'))}; "
-              f"P2V_RSYNC={shlex.quote(opts.rsync_path or 'rsync')}; {_PROBE}")
+              f"P2V_RSYNC={shlex.quote(opts.access.rsync_path or 'rsync')}; {_PROBE}")
     if opts.source.remote:
         target = f"{opts.source.user + '@' if opts.source.user else ''}{opts.source.host}"
         proc = runmod.run([*ssh_argv(opts), target, "sh", "-c", shlex.quote(script)],
@@ -286,8 +293,8 @@ def rsync_argv(opts: SyncOptions, facts: dict[str, Any], excludes: list[str]) ->
         argv += ["-AX"]
     if opts.bwlimit:
         argv.append(f"--bwlimit={opts.bwlimit}")
-    if opts.rsync_path and opts.source.remote:
-        argv.append(f"--rsync-path={opts.rsync_path}")
+    if opts.access.rsync_path and opts.source.remote:
+        argv.append(f"--rsync-path={opts.access.rsync_path}")
     for pattern in (*ALWAYS, *excludes, *opts.excludes):
         argv.append(f"--exclude={pattern}")
     if opts.source.remote:
@@ -357,9 +364,9 @@ def shared_connection(opts: SyncOptions) -> Iterator[SyncOptions]:
         yield opts
         return
     with tempfile.TemporaryDirectory(prefix="p2v-ssh-", dir="/tmp") as ctl:
-        shared = dataclasses.replace(opts, ssh_options=(
-            *opts.ssh_options, "ControlMaster=auto", f"ControlPath={ctl}/%C",
-            "ControlPersist=60"))
+        shared = dataclasses.replace(opts, access=dataclasses.replace(opts.access, ssh_options=(
+            *opts.access.ssh_options, "ControlMaster=auto", f"ControlPath={ctl}/%C",
+            "ControlPersist=60")))
         try:
             yield shared
         finally:

@@ -16,6 +16,7 @@ from p2vimage.disk.e2fs import E2fsFiles
 from p2vimage.guest.netconf import interfaces
 from p2vimage.host import accel
 from p2vimage.smoke import stage as smoke
+from p2vimage.smoke.options import Probe, ProbeKind, SmokeOptions
 
 
 @dataclasses.dataclass
@@ -51,7 +52,7 @@ def live_vm(image: Path, tmp: Path) -> Iterator[LiveVM]:
     overlay = tmp / "live.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image), "-F", "raw",
                     str(overlay)], check=True)
-    opts = smoke.SmokeOptions(image=image)
+    opts = SmokeOptions(image=image)
     smoke.ssh_access(opts, chosen, overlay, tmp, view, [port])
     console, firmware = tmp / "console.log", tmp / "firmware.log"
     for path in (console, firmware):
@@ -62,6 +63,6 @@ def live_vm(image: Path, tmp: Path) -> Iterator[LiveVM]:
                                400, "login")
         assert check.ok, (check.detail, console.read_text()[-3000:])
         live = LiveVM(port, tmp / "id_ed25519", tmp / "known_hosts", console)
-        probe = smoke.run_probes([(smoke.Probe("tcp", 22, "SSH-2.0"), port)], 120, None)
+        probe = smoke.run_probes([(Probe(ProbeKind.TCP, 22, "SSH-2.0"), port)], 120, None)
         assert probe[0].ok, probe[0].detail
         yield live

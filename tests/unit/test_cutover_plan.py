@@ -44,7 +44,7 @@ def test_fast_plan_stages_everything_before_the_stop(spec: specmod.Spec) -> None
 
 
 def test_seed_profile_replays_the_seed(tmp_path: Path) -> None:
-    spec = specmod.load(write(tmp_path, SPEC), profile="seed")
+    spec = specmod.load(write(tmp_path, SPEC), profile=specmod.Profile.SEED)
     plan = planmod.build(spec)
     assert [s.name for s in plan] == ["maintenance", "bridge", "remove-ip", "stop", "boot",
                                       "route", "proxy-arp", "garp", "verify"]

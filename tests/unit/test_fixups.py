@@ -15,7 +15,17 @@ from p2vimage.convert.fixups import (
     initramfs,
     network,
 )
-from p2vimage.convert.fixups.base import Target, add_args
+from p2vimage.convert.fixups.base import (
+    ExtlinuxInstall,
+    Grub2Install,
+    InitramfsRebuild,
+    Loader,
+    SetBootable,
+    SwapFile,
+    Target,
+    WriteMbr,
+    add_args,
+)
 from p2vimage.guest import netconf
 from p2vimage.guest.inspect import GuestInfo, Kernel
 from tests.fakes import DictFiles
@@ -27,7 +37,7 @@ INFO = GuestInfo(
     kernels=tuple(Kernel(v, f"/boot/vmlinuz-{v}", f"/boot/initrd.img-{v}") for v in KERNELS),
     bootloader="grub-legacy", nics=("eth0", "eth1"), predictable_names=False,
     root_uuid="6b5af12e-5a75-477f-ad54-7851cc474103", fstype="ext3")
-SEED = Target(root_spec="/dev/vda1", bootloader="extlinux", kernel_args=())
+SEED = Target(root_spec="/dev/vda1", bootloader=Loader.EXTLINUX, kernel_args=())
 CONSOLE = ("console=tty0", "console=ttyS0,115200")
 
 
@@ -60,7 +70,7 @@ def test_fstab_seven_partitions_seed_style() -> None:
     target = dataclasses.replace(SEED, swap_file_mib=512)
     result = fstab.plan(lenny(), INFO, target)
     assert new_text(result.edits, "/etc/fstab") == data("lenny-fstab.expected")
-    assert [a.name for a in result.actions] == ["swapfile"]
+    assert result.actions == [SwapFile("/swapfile", 512)]
     assert "/var (UUID=5f6e3a1c-0d2b-4a8e-9c7f-112233445566) merged into /" in result.notes
 
 
@@ -128,7 +138,7 @@ def test_extlinux_config_and_actions() -> None:
         "  KERNEL /boot/vmlinuz-2.6.26-2-vserver-686-bigmem\n"
         "  APPEND initrd=/boot/initrd.img-2.6.26-2-vserver-686-bigmem root=UUID=abc ro "
         "console=tty0 console=ttyS0,115200\n")
-    assert [a.name for a in result.actions] == ["extlinux-install", "mbr", "bootflag"]
+    assert result.actions == [ExtlinuxInstall("/boot/extlinux"), WriteMbr(), SetBootable()]
     done = dataclasses.replace(info, mbr_code=b"\xfa" * 440, bootable=True,
                                root_boot_sector=b"\xeb\x58\x90SYSLINUX" + bytes(500))
     conf = new_text(result.edits, "/boot/extlinux/extlinux.conf")
@@ -139,11 +149,11 @@ def test_extlinux_config_and_actions() -> None:
     # the files without an installed boot record (copied from a converted host): install
     copied = extlinux.plan(installed, dataclasses.replace(done, root_boot_sector=bytes(512)),
                            target)
-    assert [a.name for a in copied.actions] == ["extlinux-install"]
+    assert copied.actions == [ExtlinuxInstall("/boot/extlinux")]
 
 
 def test_grub2_defaults() -> None:
-    target = Target(root_spec="UUID=abc", bootloader="grub2",
+    target = Target(root_spec="UUID=abc", bootloader=Loader.GRUB2,
                     kernel_args=(*CONSOLE, "net.ifnames=0"))
     files = DictFiles({"/etc/default/grub": data("bookworm-default-grub")})
     info = dataclasses.replace(INFO, bootloader="grub2", mbr_code=b"\xeb\x63GRUB" + bytes(433))
@@ -155,14 +165,14 @@ def test_grub2_defaults() -> None:
         'GRUB_TERMINAL="console serial"\n'
         'GRUB_SERIAL_COMMAND="serial --speed=115200 --unit=0 --word=8 --parity=no --stop=1"\n'
         'GRUB_DISABLE_OS_PROBER="true"\n')
-    assert [a.name for a in result.actions] == ["grub2-install"]
+    assert result.actions == [Grub2Install()]
     done = DictFiles({"/etc/default/grub": text, "/boot/grub/grub.cfg": "menuentry\n"})
     again = grub2.plan(done, info, target)
     assert again.edits == [] and again.actions == []
 
 
 def test_grub2_by_device_disables_uuid() -> None:
-    target = Target(root_spec="/dev/vda1", bootloader="grub2", kernel_args=CONSOLE)
+    target = Target(root_spec="/dev/vda1", bootloader=Loader.GRUB2, kernel_args=CONSOLE)
     text = grub2.rewrite_defaults(data("bookworm-default-grub"), target)
     assert 'GRUB_DISABLE_LINUX_UUID="true"' in text.splitlines()
 
@@ -231,8 +241,7 @@ def test_initramfs_adds_missing_modules_for_initramfs_tools() -> None:
     result = initramfs.plan(files, info, SEED)
     assert new_text(result.edits, "/etc/initramfs-tools/modules") == (
         "# List of modules\nloop\nvirtio_blk\nvirtio_net\nvirtio_pci\n")
-    assert [(a.name, a.args) for a in result.actions] == [
-        ("initramfs-rebuild", ("update-initramfs", "2.6.26-2-686"))]
+    assert result.actions == [InitramfsRebuild("update-initramfs", ("2.6.26-2-686",))]
     nothing = initramfs.plan(files, dataclasses.replace(INFO, missing_modules={}), SEED)
     assert nothing.edits == [] and nothing.actions == []
 
@@ -243,4 +252,54 @@ def test_initramfs_dracut() -> None:
     result = initramfs.plan(files, info, SEED)
     assert new_text(result.edits, "/etc/dracut.conf.d/90-p2vimage-virtio.conf") == (
         'add_drivers+=" virtio_blk virtio_net virtio_pci "\n')
-    assert result.actions[0].args == ("dracut", "3.10.0")
+    assert result.actions == [InitramfsRebuild("dracut", ("3.10.0",))]
+
+
+ACTIONS = (SwapFile("/swapfile", 512), InitramfsRebuild("dracut", ("3.10.0", "4.18.0")),
+           Grub2Install(), ExtlinuxInstall("/boot/extlinux"), WriteMbr(), SetBootable())
+
+
+def test_actions_keep_their_report_names_and_details() -> None:
+    """convert's report shows these details and keys its timings by these names."""
+    assert [(a.name, a.detail) for a in ACTIONS] == [
+        ("swapfile", "create a 512 MiB swap file /swapfile"),
+        ("initramfs-rebuild", "rebuild with dracut for 3.10.0, 4.18.0"),
+        ("grub2-install", "grub-install /dev/sda and grub-mkconfig with the guest's own "
+                          "binaries"),
+        ("extlinux-install", "install extlinux into /boot/extlinux"),
+        ("mbr", "write syslinux mbr.bin to the MBR"),
+        ("bootflag", "mark partition 1 bootable")]
+
+
+class Appliance:
+    """Records what an action asks of the appliance (answers every question with '')."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return lambda *args: self.calls.append((name, *args)) or ""
+
+
+def test_each_action_kind_runs_its_own_appliance_calls() -> None:
+    from p2vimage.convert.stage import _run_action
+
+    target = Target(root_spec="UUID=abc", bootloader=Loader.EXTLINUX, kernel_args=(),
+                    mbr_bin=b"M" * 440)
+    calls = []
+    for action in ACTIONS:
+        guest = Appliance()
+        _run_action(guest, action, target)
+        calls.append(guest.calls)
+    assert calls == [
+        [("swapfile", "/swapfile", 512)],
+        [("command", ["dracut", "-f", "/boot/initramfs-3.10.0.img", "3.10.0"]),
+         ("command", ["dracut", "-f", "/boot/initramfs-4.18.0.img", "4.18.0"])],
+        [("is_file", "/usr/sbin/grub2-install"),
+         ("command", ["grub-probe", "--target=disk", "/"]),
+         ("command", ["grub-probe", "--target=device", "/"]),
+         ("command", ["grub-install", ""]),
+         ("command", ["grub-mkconfig", "-o", "/boot/grub/grub.cfg"])],
+        [("install_extlinux", "/boot/extlinux")],
+        [("write_mbr", b"M" * 440)],
+        [("set_bootable",)]]

@@ -9,19 +9,30 @@ import pytest
 
 from p2vimage.core.errors import InputError
 from p2vimage.guest.netconf import Iface
-from p2vimage.smoke.stage import Nic, Probe, _failure, junit, netdev_arg, parse_probe, plan_nics
+from p2vimage.smoke.options import Phase, Probe, ProbeKind, parse_probe, parse_timeout
+from p2vimage.smoke.stage import Nic, _failure, junit, netdev_arg, plan_nics
 
 
 def test_parse_probe() -> None:
-    assert parse_probe("tcp:22:SSH-2.0") == Probe("tcp", 22, "SSH-2.0")
+    assert parse_probe("tcp:22:SSH-2.0") == Probe(ProbeKind.TCP, 22, "SSH-2.0")
     assert parse_probe("http:80:/index.html:200:It works") == Probe(
-        "http", 80, "It works", path="/index.html", status=200)
-    assert parse_probe("http:8080") == Probe("http", 8080, "", path="/", status=200)
-    assert parse_probe("ssh:uname -m:i686") == Probe("ssh", 22, "i686", command="uname -m")
+        ProbeKind.HTTP, 80, "It works", path="/index.html", status=200)
+    assert parse_probe("http:8080") == Probe(ProbeKind.HTTP, 8080, "", path="/", status=200)
+    assert parse_probe("ssh:uname -m:i686") == Probe(ProbeKind.SSH, 22, "i686",
+                                                     command="uname -m")
+    assert type(parse_probe("ssh:true").kind) is ProbeKind
     assert parse_probe("tcp:25:220@192.0.2.5").address == "192.0.2.5"
     for bad in ("ftp:21", "tcp:x", "http:", "ssh:"):
         with pytest.raises(InputError):
             parse_probe(bad)
+
+
+def test_parse_timeout() -> None:
+    assert parse_timeout("login=300") == (Phase.LOGIN, 300.0)
+    assert parse_timeout("probes=2.5") == (Phase.PROBES, 2.5)
+    for bad in ("login", "login=", "boot=5", "kernel=-1", "kernel=0", "kernel=inf", "=5"):
+        with pytest.raises(InputError):
+            parse_timeout(bad)
 
 
 def test_netdev_matches_the_static_interface() -> None:

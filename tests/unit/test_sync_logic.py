@@ -11,6 +11,7 @@ from p2vimage.core.errors import InputError
 from p2vimage.sync.stage import (
     SEED_PROFILE,
     Source,
+    SourceAccess,
     SyncOptions,
     changed_paths,
     mount_excludes,
@@ -63,9 +64,10 @@ def test_mounts_under_a_source_path() -> None:
 
 
 def test_rsync_argv_over_ssh() -> None:
-    opts = SyncOptions(Source("ns1", "root", 2222, "/"), Path("/stage/ns1"),
-                       identity=Path("/keys/id"), ssh_options=("ProxyJump=gw",),
-                       bwlimit="10m", rsync_path="sudo -n rsync")
+    opts = SyncOptions(Source("ns1", "root", 2222, "/"), Path("/stage/ns1"), bwlimit="10m",
+                       access=SourceAccess(identity=Path("/keys/id"),
+                                           ssh_options=("ProxyJump=gw",),
+                                           rsync_path="sudo -n rsync"))
     argv = rsync_argv(opts, {"rsync_version": [3, 0, 3]}, ["/proc/*"])
     assert "--rsync-path=sudo -n rsync" in argv
     assert argv[:6] == ["rsync", "-aHS", "--numeric-ids", "--delete", "--delete-excluded",

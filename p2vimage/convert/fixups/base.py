@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
+from typing import ClassVar
 
 from p2vimage.guest.files import FileView
+
+
+class Loader(enum.StrEnum):
+    """The bootloader the converted guest boots with."""
+
+    EXTLINUX = "extlinux"
+    GRUB2 = "grub2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,7 +22,7 @@ class Target:
     """What the converted guest should boot like."""
 
     root_spec: str  # "UUID=…" or "/dev/vda1"
-    bootloader: str  # "extlinux" or "grub2"
+    bootloader: Loader
     kernel_args: tuple[str, ...]  # console=tty0 console=ttyS0,115200 [net.ifnames=0]
     swap_file_mib: int = 0
     disable_hardware: bool = False
@@ -41,13 +50,82 @@ class Edit:
         return "".join(difflib.unified_diff(old, new, a, b))
 
 
-@dataclasses.dataclass(frozen=True)
-class Action:
-    """Something the applier does besides editing files (bootloader, MBR, initramfs…)."""
+# The actions: what the applier does besides editing files. Each kind has its own fields;
+# ``name`` is its key in reports and timings, ``detail`` the line the report shows.
 
-    name: str
-    detail: str
-    args: tuple[str, ...] = ()
+
+@dataclasses.dataclass(frozen=True)
+class SwapFile:
+    """Create a swap file of ``mib`` MiB at ``path`` (the guest's fstab names it)."""
+
+    name: ClassVar[str] = "swapfile"
+    path: str
+    mib: int
+
+    @property
+    def detail(self) -> str:
+        return f"create a {self.mib} MiB swap file {self.path}"
+
+
+@dataclasses.dataclass(frozen=True)
+class InitramfsRebuild:
+    """Rebuild the initrds of kernel ``versions`` with the guest's own ``tool``."""
+
+    name: ClassVar[str] = "initramfs-rebuild"
+    tool: str  # update-initramfs | dracut | mkinitrd (fixups.initramfs.TOOLS)
+    versions: tuple[str, ...]
+
+    @property
+    def detail(self) -> str:
+        return f"rebuild with {self.tool} for {', '.join(self.versions)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Grub2Install:
+    """Install GRUB 2 to the disk and write grub.cfg, with the guest's own binaries."""
+
+    name: ClassVar[str] = "grub2-install"
+
+    @property
+    def detail(self) -> str:
+        return "grub-install /dev/sda and grub-mkconfig with the guest's own binaries"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtlinuxInstall:
+    """Install extlinux (the host's syslinux) into ``directory`` of the root filesystem."""
+
+    name: ClassVar[str] = "extlinux-install"
+    directory: str
+
+    @property
+    def detail(self) -> str:
+        return f"install extlinux into {self.directory}"
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteMbr:
+    """Write the host syslinux's MBR boot code (``Target.mbr_bin``) to the disk."""
+
+    name: ClassVar[str] = "mbr"
+
+    @property
+    def detail(self) -> str:
+        return "write syslinux mbr.bin to the MBR"
+
+
+@dataclasses.dataclass(frozen=True)
+class SetBootable:
+    """Mark partition 1 bootable (extlinux's MBR code boots the active partition)."""
+
+    name: ClassVar[str] = "bootflag"
+
+    @property
+    def detail(self) -> str:
+        return "mark partition 1 bootable"
+
+
+Action = SwapFile | InitramfsRebuild | Grub2Install | ExtlinuxInstall | WriteMbr | SetBootable
 
 
 @dataclasses.dataclass

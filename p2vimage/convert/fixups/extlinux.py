@@ -7,7 +7,14 @@ host's syslinux installs it, so the guest needs no syslinux package; it reads ex
 
 from __future__ import annotations
 
-from p2vimage.convert.fixups.base import Action, Result, Target
+from p2vimage.convert.fixups.base import (
+    ExtlinuxInstall,
+    Loader,
+    Result,
+    SetBootable,
+    Target,
+    WriteMbr,
+)
 from p2vimage.guest.files import FileView
 from p2vimage.guest.inspect import GuestInfo, Kernel
 
@@ -47,17 +54,17 @@ def config(info: GuestInfo, target: Target) -> str:
 def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
     """extlinux.conf, and the install, MBR and boot-flag actions that are still needed."""
     result = Result("extlinux")
-    if target.bootloader != "extlinux":
+    if target.bootloader != Loader.EXTLINUX:
         return result
     result.write(view, CONF, config(info, target))
     # ldlinux.sys copied from another filesystem (a synced, already converted host) is not
     # installed: its boot record is missing and its sector map points elsewhere.
     if not (view.is_file(f"{DIR}/ldlinux.sys") and view.is_file(f"{DIR}/ldlinux.c32")
             and b"SYSLINUX" in info.root_boot_sector):
-        result.actions.append(Action("extlinux-install", f"install extlinux into {DIR}", (DIR,)))
+        result.actions.append(ExtlinuxInstall(DIR))
     if info.mbr_code != target.mbr_bin[:440].ljust(440, b"\0"):
-        result.actions.append(Action("mbr", "write syslinux mbr.bin to the MBR"))
+        result.actions.append(WriteMbr())
     if not info.bootable:
-        result.actions.append(Action("bootflag", "mark partition 1 bootable"))
+        result.actions.append(SetBootable())
     result.notes.append(f"boots {pick_kernel(info).image}")
     return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from p2vimage.convert.fixups.base import Action, Result, Target
+from p2vimage.convert.fixups.base import Result, SwapFile, Target
 from p2vimage.guest.files import FileView, read_text
 from p2vimage.guest.inspect import GuestInfo
 
@@ -77,7 +77,6 @@ def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
         out.append(f"{target.root_spec} / {info.fstype} defaults,errors=remount-ro 0 1")
     if target.swap_file_mib and not have_swapfile:
         out.append(f"{SWAPFILE} none swap sw 0 0")
-        result.actions.append(Action("swapfile", f"create a {target.swap_file_mib} MiB swap "
-                                     f"file {SWAPFILE}", (SWAPFILE, str(target.swap_file_mib))))
+        result.actions.append(SwapFile(SWAPFILE, target.swap_file_mib))
     result.write(view, PATH, "\n".join(out) + "\n")
     return result

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import shlex
 
-from p2vimage.convert.fixups.base import Action, Result, Target, add_args
+from p2vimage.convert.fixups.base import Grub2Install, Loader, Result, Target, add_args
 from p2vimage.guest.files import FileView, read_text
 from p2vimage.guest.inspect import GuestInfo
 
@@ -57,13 +57,12 @@ def rewrite_defaults(text: str, target: Target) -> str:
 def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
     """The /etc/default/grub edit and, when anything changed or GRUB is absent, the install."""
     result = Result("grub2")
-    if target.bootloader != "grub2":
+    if target.bootloader != Loader.GRUB2:
         return result
     text = read_text(view, DEFAULTS) or ""
     result.write(view, DEFAULTS, rewrite_defaults(text, target))
     cfg = next((p for p in ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg") if view.is_file(p)),
                None)
     if result.edits or cfg is None or b"GRUB" not in info.mbr_code:
-        result.actions.append(Action("grub2-install", "grub-install /dev/sda and grub-mkconfig "
-                                     "with the guest's own binaries"))
+        result.actions.append(Grub2Install())
     return result

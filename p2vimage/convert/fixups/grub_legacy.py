@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from p2vimage.convert.fixups.base import Result, Target, add_args
+from p2vimage.convert.fixups.base import Loader, Result, Target, add_args
 from p2vimage.guest.files import FileView, read_text
 from p2vimage.guest.inspect import GuestInfo
 
@@ -65,7 +65,7 @@ def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
         return result
     result.write(view, MENU, rewrite_menu(text, view, target))
     result.write(view, DEVICE_MAP, "(hd0)\t/dev/vda\n")
-    if target.bootloader != "grub2" and info.bootloader == "grub-legacy":
+    if target.bootloader != Loader.GRUB2 and info.bootloader == "grub-legacy":
         result.notes.append(f"grub-legacy cannot be installed offline: booting with "
                             f"{target.bootloader}; menu.lst kept correct for update-grub")
     return result

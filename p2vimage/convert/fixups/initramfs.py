@@ -6,7 +6,7 @@ built-in modules) and given in ``GuestInfo.missing_modules``; this module only d
 
 from __future__ import annotations
 
-from p2vimage.convert.fixups.base import Action, Result, Target
+from p2vimage.convert.fixups.base import InitramfsRebuild, Result, Target
 from p2vimage.guest.files import FileView, read_text
 from p2vimage.guest.inspect import VIRTIO, GuestInfo
 
@@ -64,6 +64,5 @@ def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
         line = f'INITRD_MODULES="$INITRD_MODULES {" ".join(modules)}"'
         if line not in text:
             result.write(view, conf, text.rstrip("\n") + "\n" + line + "\n")
-    result.actions.append(Action("initramfs-rebuild", f"rebuild with {tool} for "
-                                 f"{', '.join(sorted(missing))}", (tool, *sorted(missing))))
+    result.actions.append(InitramfsRebuild(tool, tuple(sorted(missing))))
     return result
