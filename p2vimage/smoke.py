@@ -14,6 +14,7 @@ import dataclasses
 import http.client
 import ipaddress
 import json
+import math
 import os
 import re
 import socket
@@ -72,30 +73,47 @@ class Probe:
         return f"tcp {self.port}"
 
 
+_HINT = "use tcp:22:SSH-2.0, http:80:/:200:TEXT or ssh:COMMAND:TEXT, optionally @ADDRESS"
+
+
 def parse_probe(spec: str) -> Probe:
     """``tcp:PORT[:BANNER]``, ``http:PORT[:PATH[:STATUS[:TEXT]]]``, ``ssh:COMMAND[:TEXT]``,
-    each optionally ending in ``@ADDRESS``. Raises InputError for anything else."""
+    each optionally ending in ``@ADDRESS`` (an IPv4 address). Raises InputError for anything
+    else: a port outside 1-65535, an HTTP status outside 100-599, a path not starting with /."""
     address = None
-    if "@" in spec and re.fullmatch(r"\d+\.\d+\.\d+\.\d+", spec.rsplit("@", 1)[1]):
+    if "@" in spec and re.fullmatch(r"\d+(?:\.\d+){3}", spec.rsplit("@", 1)[1]):
         spec, address = spec.rsplit("@", 1)
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise InputError(f"bad address {address!r} in probe {spec}@{address}",
+                             hint="give the guest's IPv4 address, like @192.0.2.10") from None
     kind, _, rest = spec.partition(":")
     parts = rest.split(":")
     try:
         if kind == "tcp":
-            return Probe("tcp", int(parts[0]), parts[1] if len(parts) > 1 else "",
-                         address=address)
-        if kind == "http":
-            return Probe("http", int(parts[0]), ":".join(parts[3:]),
-                         path=parts[1] if len(parts) > 1 and parts[1] else "/",
-                         status=int(parts[2]) if len(parts) > 2 and parts[2] else 200,
-                         address=address)
-        if kind == "ssh" and parts[0]:
-            return Probe("ssh", 22, parts[1] if len(parts) > 1 else "", command=parts[0],
-                         address=address)
-    except (ValueError, IndexError):
-        pass
-    raise InputError(f"cannot read probe {spec!r}",
-                     hint="use tcp:22:SSH-2.0, http:80:/:200:TEXT or ssh:COMMAND:TEXT")
+            probe = Probe("tcp", int(parts[0]), ":".join(parts[1:]), address=address)
+        elif kind == "http":
+            probe = Probe("http", int(parts[0]), ":".join(parts[3:]),
+                          path=parts[1] if len(parts) > 1 and parts[1] else "/",
+                          status=int(parts[2]) if len(parts) > 2 and parts[2] else 200,
+                          address=address)
+        elif kind == "ssh" and parts[0]:
+            probe = Probe("ssh", 22, ":".join(parts[1:]), command=parts[0], address=address)
+        else:
+            raise ValueError(kind)
+    except ValueError:
+        raise InputError(f"cannot read probe {spec!r}", hint=_HINT) from None
+    if not 1 <= probe.port <= 65535:
+        raise InputError(f"port {probe.port} in probe {spec!r} is not a TCP port",
+                         hint="give a port from 1 to 65535")
+    if not 100 <= probe.status <= 599:
+        raise InputError(f"HTTP status {probe.status} in probe {spec!r} does not exist",
+                         hint="give a status from 100 to 599, like 200")
+    if not probe.path.startswith("/"):
+        raise InputError(f"HTTP path {probe.path!r} in probe {spec!r} does not start with /",
+                         hint="write it like http:80:/index.html:200")
+    return probe
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,15 +354,47 @@ def ssh_access(opts: SmokeOptions, chosen: accelmod.Accel, overlay: Path, tmp: P
             "IdentitiesOnly=yes", "-o", "ConnectTimeout=5", "-F", "/dev/null"]
 
 
+def report_dir_of(opts: SmokeOptions) -> Path:
+    """Where the reports go: ``--report-dir``, else ``IMAGE.smoke`` beside the image."""
+    image = opts.image.resolve()
+    return opts.report_dir or image.with_name(image.name + ".smoke")
+
+
+def check_options(opts: SmokeOptions) -> None:
+    """Refuse bad settings before anything starts: the login pattern, the timeouts, the
+    report directory (a file in the way, no writable directory to make it in)."""
+    try:
+        re.compile(opts.login_regex, re.M)
+    except re.error as exc:
+        raise InputError(f"--login-regex {opts.login_regex!r} is not a regular expression "
+                         f"({exc})", hint="write a Python regular expression, like "
+                         "'login:\\s*$'") from None
+    for name in ("bootloader_timeout", "kernel_timeout", "login_timeout", "probe_timeout"):
+        value = getattr(opts, name)
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"{name.replace('_', ' ')} {value} is not a number of seconds",
+                             hint="give more than 0 seconds")
+    report_dir = report_dir_of(opts)
+    existing = next(p for p in (report_dir, *report_dir.parents) if p.exists())
+    where = f"report directory {report_dir}" + (
+        "" if existing == report_dir else f" cannot be made: {existing}")
+    if not existing.is_dir():
+        raise InputError(f"{where} is not a directory", hint="give another --report-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{where} is not writable",
+                         hint="give another --report-dir or fix its permissions")
+
+
 def smoke(opts: SmokeOptions) -> dict[str, Any]:
     """Boot, watch, probe; return the report (also written as JSON and JUnit XML)."""
+    check_options(opts)
     image = opts.image.resolve()
     if not image.is_file():
         raise InputError(f"image {opts.image} does not exist", hint="give the converted image")
     runmod.require_tools(TOOLS)
     view = E2fsFiles(image)  # also refuses what is not a raw image with an ext filesystem
     chosen = accelmod.detect(guestfs=any(p.kind == "ssh" for p in opts.probes))
-    report_dir = opts.report_dir or image.with_name(image.name + ".smoke")
+    report_dir = report_dir_of(opts)
     report_dir.mkdir(parents=True, exist_ok=True)
     nics = plan_nics(interfaces(view))
     by_addr = _addresses(nics)
