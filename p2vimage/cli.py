@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import sys
+import traceback
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -92,10 +94,12 @@ def doctor_cmd(settings: Settings, refresh: bool) -> None:
               "only the delta); rebuild: mke2fs -d again, same UUID, then convert again.")
 @click.option("--full-scan", is_flag=True, help="With --refresh: compare the whole tree, not "
               "just the paths sync recorded as changed (if SOURCE was changed by other means).")
+@click.option("--allow-other-source", is_flag=True, help="With --refresh: accept a SOURCE "
+              "other than the tree the image was made from (its contents replace the image's).")
 @click.pass_obj
 def build_cmd(settings: Settings, source: Path, output: Path, size: int | None,
               fstype: str | None, fs_features: str | None, force: bool, refresh: bool,
-              refresh_method: str, full_scan: bool) -> None:
+              refresh_method: str, full_scan: bool, allow_other_source: bool) -> None:
     """Make a raw disk image (msdos label, one bootable partition) from SOURCE tree."""
     if refresh:
         if size or fstype or fs_features or force:
@@ -103,9 +107,11 @@ def build_cmd(settings: Settings, source: Path, output: Path, size: int | None,
                                    "--size, --fs, --fs-features and --force")
         result = refreshmod.refresh(refreshmod.RefreshOptions(
             source=source, image=output, method=refresh_method, workdir=settings.workdir,
-            full_scan=full_scan))
+            full_scan=full_scan, allow_other_source=allow_other_source))
         _emit(settings, result, refreshmod.lines(result))
         return
+    if full_scan or allow_other_source:
+        raise click.UsageError("--full-scan and --allow-other-source go with --refresh")
     opts = image.BuildOptions(source=source, output=output, size=size, fstype=fstype,
                               fs_features=fs_features, force=force,
                               sync_workdir=settings.workdir)
@@ -176,11 +182,15 @@ def smoke_cmd(settings: Settings, image_path: Path, probes: tuple[smoke.Probe, .
     limits: dict[str, float] = {}
     for item in timeouts:
         phase, _, value = item.partition("=")
-        if phase not in ("bootloader", "kernel", "login", "probes") or not value.replace(
-                ".", "", 1).isdigit():
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = math.nan
+        if phase not in ("bootloader", "kernel", "login", "probes") or not (
+                math.isfinite(seconds) and seconds > 0):
             raise click.UsageError(f"bad --timeout {item!r}: use bootloader|kernel|login|"
-                                   "probes=SECONDS")
-        limits[{"probes": "probe"}.get(phase, phase) + "_timeout"] = float(value)
+                                   "probes=SECONDS (more than 0)")
+        limits[{"probes": "probe"}.get(phase, phase) + "_timeout"] = seconds
     opts = smoke.SmokeOptions(image=image_path, report_dir=report_dir, probes=probes,
                               default_probe=not no_default_probe, login_regex=login_regex,
                               **limits)  # type: ignore[arg-type]
@@ -194,7 +204,8 @@ def ssh_source_options(f: Any) -> Any:
     """How to reach and read an ssh:// source (for sync, and run's sync stage); the parameter
     names are SyncOptions fields."""
     for option in reversed((
-        click.option("--identity", type=click.Path(path_type=Path, dir_okay=False),
+        click.option("--identity", type=click.Path(path_type=Path, dir_okay=False,
+                                                   exists=True),
                      help="ssh identity file."),
         click.option("--ssh-option", "ssh_options", multiple=True, metavar="OPTION",
                      help="An ssh -o option (e.g. ProxyJump=gw). Repeatable."),
@@ -320,32 +331,40 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
 
 
+def _fail(line: str, code: int, debug: bool) -> NoReturn:
+    """Print the error as one line (after the traceback under --debug); exit with ``code``.
+    Call it from an except block: the traceback is that of the exception being handled."""
+    if debug:
+        traceback.print_exc()
+    click.echo(" ".join(line.split()), err=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
-    """Entry point: run the CLI, print errors as one line, exit with the documented code."""
+    """Entry point: run the CLI, print errors as one line, exit with the documented code
+    (the same with --debug, which adds the traceback)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = argv if argv is not None else sys.argv[1:]
+    debug = "--debug" in args
     try:
-        cli.main(args=argv, prog_name="p2vimage", standalone_mode=False)
+        cli.main(args=args, prog_name="p2vimage", standalone_mode=False)
     except P2VError as exc:
-        if debug:
-            raise
-        click.echo(exc.one_line(), err=True)
-        sys.exit(exc.exit_code)
+        _fail(exc.one_line(), exc.exit_code, debug)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: its help, no error
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "p2vimage"
-        click.echo(f"error: {exc.format_message()} (hint: see '{command} --help')", err=True)
-        sys.exit(2)
+        _fail(f"error: {exc.format_message()} (hint: see '{command} --help')", 2, False)
     except (click.Abort, KeyboardInterrupt):  # click turns KeyboardInterrupt into Abort
-        if debug:
-            raise
-        click.echo("error: interrupted; partial outputs were removed (hint: run the same "
-                   "command again to start over)", err=True)
-        sys.exit(Interrupted.exit_code)
+        _fail("error: interrupted; partial outputs were removed (hint: run the same command "
+              "again to start over)", Interrupted.exit_code, debug)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(f"error: {exc.format_message()} (hint: rerun with --debug for details)",
+              exc.exit_code, debug)
+    except Exception as exc:  # a bug or an unforeseen failure: still one line
+        _fail(f"error: unexpected {type(exc).__name__}: {exc} (hint: rerun with --debug for "
+              "the traceback, and report it)", 1, debug)
     sys.exit(0)
-
-
