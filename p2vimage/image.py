@@ -231,8 +231,7 @@ def check_size(size: int) -> None:
     if size > MAX_SIZE:
         raise InputError(f"image size {human(size)} is larger than an msdos partition table "
                          f"can address ({human(MAX_SIZE)})",
-                         hint="give a --size of at most 2T (use 'convert' and the cloud "
-                              "volume to grow later)")
+                         hint="give a --size of at most 2T")
 
 
 def check_features(text: str | None) -> None:
