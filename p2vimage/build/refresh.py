@@ -56,6 +56,7 @@ class RefreshOptions:
     method: RefreshMethod = RefreshMethod.AUTO
     workdir: Path | None = None  # the sync work dir (its change lists), as for sync
     full_scan: bool = False  # compare the whole tree even when change lists are complete
+    allow_other_source: bool = False  # refresh from a tree other than the one built from
 
 
 def choose_method(requested: RefreshMethod) -> RefreshMethod:
@@ -202,6 +203,7 @@ def _converted(image: Path, state: dict[str, Any]) -> ConvertSettings | None:
 def refresh(opts: RefreshOptions) -> dict[str, Any]:
     """Refresh ``opts.image`` from ``opts.source``; return the report. Raises P2VError."""
     image.check_source(opts.source)
+    image.check_outside(opts.source, opts.image)
     if not opts.image.is_file():
         raise InputError(f"image {opts.image} does not exist",
                          hint="build it first with 'p2vimage build' (without --refresh)")
@@ -212,6 +214,15 @@ def refresh(opts: RefreshOptions) -> dict[str, Any]:
                          f"({imagestate.state_path(opts.image).name})",
                          hint="refresh works on images made by 'p2vimage build'; build it "
                               "again with --force")
+    other = imagestate.same_source(state, opts.source)
+    if other is not None:
+        if not opts.allow_other_source:
+            raise InputError(f"{opts.source} is not the tree {opts.image} was made from: "
+                             f"{other}",
+                             hint="refresh from that tree, or add --allow-other-source to "
+                                  f"replace the image's contents with {opts.source}")
+        # the sync change lists of another tree say nothing about this image
+        opts = dataclasses.replace(opts, full_scan=True)
     converted = _converted(opts.image, state)  # refused before anything changes
     method = choose_method(opts.method)
     loop = method == RefreshMethod.LOOP
@@ -242,7 +253,7 @@ def refresh(opts: RefreshOptions) -> dict[str, Any]:
                 convert_report = convertmod.convert(ConvertOptions(
                     image=opts.image, settings=converted))
         imagestate.update(opts.image, dirty=False, inputs=new, refreshed=time.time(),
-                          synced_passes=synced)
+                          synced_passes=synced, **imagestate.source_identity(opts.source))
     finally:
         os.close(fd)
     return {

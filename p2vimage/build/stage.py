@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import stat
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +22,8 @@ from p2vimage.build import fsprofile
 from p2vimage.convert import fixups
 from p2vimage.core.errors import InputError, PreconditionError, StageError
 from p2vimage.core.log import log, progress, step
-from p2vimage.core.output import atomic_output, check_output
+from p2vimage.core.output import atomic_output, check_output, reserve
+from p2vimage.core.units import human
 from p2vimage.disk import e2fs, mbr
 from p2vimage.disk import state as imagestate
 from p2vimage.guest import facts as guestfacts
@@ -31,6 +34,8 @@ MiB = 1 << 20
 PART_OFFSET = MiB  # partition 1 starts at sector 2048
 BLOCK = 4096
 TOOLS = ("mke2fs", "debugfs")
+# The msdos label counts sectors in 32 bits: partition 1 (from sector 2048) ends by 2 TiB.
+MAX_SIZE = 2 << 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,11 +286,66 @@ def check_source(source: Path) -> None:
                          hint="give the root directory of the staging tree")
 
 
-def build(opts: BuildOptions) -> dict[str, object]:
-    """Make the image; return the build report. Raises P2VError subclasses on failure."""
+def check_outside(source: Path, output: Path) -> None:
+    """Refuse an output inside the source tree: ``mke2fs -d`` would copy the growing image
+    (and its state file) into itself, and no size would ever fit."""
+    tree = source.resolve()
+    final = output.parent.resolve() / output.name  # the partial and state files sit beside it
+    if final == tree or tree in final.parents:
+        raise InputError(f"output {output} is inside the source tree {source}",
+                         hint="write the image outside the tree it is made from")
+
+
+def check_size(size: int) -> None:
+    """Refuse an image size the msdos partition table cannot describe."""
+    if size > MAX_SIZE:
+        raise InputError(f"image size {human(size)} is larger than an msdos partition table "
+                         f"can address ({human(MAX_SIZE)})",
+                         hint="give a --size of at most 2T")
+
+
+def check_features(text: str | None) -> None:
+    """Refuse ``--fs-features`` names the host's mke2fs does not know, before the tree is read.
+
+    mke2fs itself is asked (``-n``: nothing is made, and the device path does not exist), one
+    name at a time: it is the program that will get the list, so a name is known exactly when
+    this e2fsprogs knows it (``orphan_file`` needs 1.47; ``gdt_csum`` is a libe2p name that
+    mke2fs refuses), with no copy of its table here to fall out of date.
+    """
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if not re.fullmatch(r"\^?[A-Za-z0-9_]+", item):
+            raise InputError(f"cannot read --fs-features item {item!r}",
+                             hint="write names like has_journal or ^metadata_csum, comma "
+                                  "separated")
+        with tempfile.TemporaryDirectory(prefix="p2vimage-features-") as tmp:
+            proc = runmod.run(["mke2fs", "-n", "-q", "-F", "-t", "ext4", "-O", f"none,{item}",
+                               os.path.join(tmp, "absent"), "64M"], check=False, timeout=30,
+                              env={"LC_ALL": "C"}, what="mke2fs -n")
+        if "Invalid filesystem option set" in proc.stderr:
+            raise InputError(f"unknown filesystem feature {item.lstrip('^')!r} in "
+                             f"--fs-features", hint="see 'man ext4' for the feature names "
+                             "this host's mke2fs knows")
+
+
+def check_options(opts: BuildOptions) -> None:
+    """Refuse bad input before anything is read or written: source, output, size, features."""
     check_source(opts.source)
     check_output(opts.output, opts.force)
+    check_outside(opts.source, opts.output)
+    if opts.settings.size is not None:
+        check_size(opts.settings.size)
     runmod.require_tools(TOOLS)
+    check_features(opts.settings.fs_features)
+
+
+def build(opts: BuildOptions) -> dict[str, object]:
+    """Make the image; return the build report. Raises P2VError subclasses on failure.
+
+    The image and its state file change only when the new image is complete."""
+    check_options(opts)
     synced = len(syncmod.passes(opts.source, opts.sync_workdir))  # before the tree is read
     started = time.monotonic()
     with step(f"Scanning {opts.source}"):
@@ -297,13 +357,14 @@ def build(opts: BuildOptions) -> dict[str, object]:
                          hint="run as root or fix the permissions; nothing was written")
     profile = fsprofile.choose(facts, opts.settings.fstype, opts.settings.fs_features)
     need = minimum_size(scan, profile) + PART_OFFSET
-    size = opts.settings.size if opts.settings.size is not None else default_size(
-        scan, profile, opts.headroom)
+    size = opts.settings.size if opts.settings.size is not None else min(
+        default_size(scan, profile, opts.headroom), max(MAX_SIZE, need))
     if size < need:
         raise InputError(f"--size {size // MiB} MiB is too small for {opts.source}: "
                          f"it needs at least {-(-need // MiB)} MiB",
                          hint="give a larger --size, or none to compute it")
     size = size // MiB * MiB
+    check_size(size)
     free = os.statvfs(opts.output.parent)
     if free.f_bavail * free.f_frsize < scan.data_bytes:
         raise PreconditionError(
@@ -315,9 +376,9 @@ def build(opts: BuildOptions) -> dict[str, object]:
              guestfacts.fmt(facts.e2fsprogs_version))
     log.info("filesystem: %s, %d-byte inodes, features %s", profile.fstype,
              profile.inode_size, ",".join(profile.features))
-    with atomic_output(opts.output, opts.force) as partial:
-        imagestate.state_path(opts.output).unlink(missing_ok=True)  # describes the old image
-        os.truncate(partial, size)
+    with atomic_output(opts.output, opts.force,
+                       companions=(imagestate.state_path(opts.output),)) as partial:
+        reserve(partial, size)
         with step(f"Populating {size // MiB} MiB image ({scan.data_bytes // MiB} MiB data)"):
             _populate(opts, profile, scan, partial, size)
         with step("Completing what mke2fs -d does not carry"):
@@ -328,15 +389,15 @@ def build(opts: BuildOptions) -> dict[str, object]:
             mbr.write_table(fd, size)
         finally:
             os.close(fd)
+        uuid, _ = e2fs.superblock_ids(partial, PART_OFFSET)
+        imagestate.save_pending(opts.output, {
+            **imagestate.source_identity(opts.source), "uuid": uuid, "label": opts.label,
+            "filesystem": profile.fstype, "inode_size": profile.inode_size,
+            "keeps_nanoseconds": profile.keeps_nanoseconds, "size_bytes": size,
+            "inputs": fixups.input_digest(opts.source), "built": time.time(),
+            "dirty": False, "synced_passes": synced})
     for warning in warnings:
         log.warning("warning: %s", warning)
-    uuid, _ = e2fs.superblock_ids(opts.output, PART_OFFSET)
-    imagestate.save(opts.output, {
-        "source": os.fspath(opts.source.resolve()), "uuid": uuid, "label": opts.label,
-        "filesystem": profile.fstype, "inode_size": profile.inode_size,
-        "keeps_nanoseconds": profile.keeps_nanoseconds, "size_bytes": size,
-        "inputs": fixups.input_digest(opts.source), "built": time.time(), "dirty": False,
-        "synced_passes": synced})
     return {
         "image": os.fspath(opts.output), "source": os.fspath(opts.source),
         "size_bytes": size, "partition_offset": PART_OFFSET, "data_bytes": scan.data_bytes,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import traceback
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn
@@ -36,6 +37,7 @@ from p2vimage.host import doctor
 from p2vimage.smoke import stage as smoke
 from p2vimage.smoke.options import SmokeOptions, SmokeSettings
 from p2vimage.sync import stage as sync
+from p2vimage.sync.source import parse_source
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,10 +77,12 @@ def doctor_cmd(settings: Settings, refresh: bool) -> None:
              "only the delta); rebuild: mke2fs -d again, same UUID, then convert again.")
 @click.option("--full-scan", is_flag=True, help="With --refresh: compare the whole tree, not "
               "just the paths sync recorded as changed (if SOURCE was changed by other means).")
+@click.option("--allow-other-source", is_flag=True, help="With --refresh: accept a SOURCE "
+              "other than the tree the image was made from (its contents replace the image's).")
 @click.pass_obj
 def build_cmd(settings: Settings, source: Path, output: Path, build_settings: image.BuildSettings,
               force: bool, refresh: bool, refresh_method: refreshmod.RefreshMethod,
-              full_scan: bool) -> None:
+              full_scan: bool, allow_other_source: bool) -> None:
     """Make a raw disk image (msdos label, one bootable partition) from SOURCE tree."""
     if refresh:
         if build_settings != image.BuildSettings() or force:
@@ -86,9 +90,12 @@ def build_cmd(settings: Settings, source: Path, output: Path, build_settings: im
                                    "--size, --fs, --fs-features and --force")
         result = refreshmod.refresh(refreshmod.RefreshOptions(
             source=source, image=output, method=refresh_method,
-            workdir=settings.workdir, full_scan=full_scan))
+            workdir=settings.workdir, full_scan=full_scan,
+            allow_other_source=allow_other_source))
         emit(settings, result, refreshmod.lines(result))
         return
+    if full_scan or allow_other_source:
+        raise click.UsageError("--full-scan and --allow-other-source go with --refresh")
     opts = image.BuildOptions(source=source, output=output, settings=build_settings,
                               force=force, sync_workdir=settings.workdir)
     report = image.build(opts)
@@ -152,7 +159,7 @@ def run_cmd(settings: Settings, source: str, output: Path, staging: Path | None,
     if source.startswith("ssh://"):
         if staging is None:
             raise click.UsageError("an ssh:// SOURCE needs --staging DIR for the synced tree")
-        sync_opts = sync.SyncOptions(source=sync.parse_source(source), staging=staging,
+        sync_opts = sync.SyncOptions(source=parse_source(source), staging=staging,
                                      access=source_access)
         tree = staging
     else:
@@ -192,7 +199,7 @@ def sync_cmd(settings: Settings, source: str, staging: Path, excludes: tuple[str
     """Copy SOURCE (ssh://[user@]host[:port]/[path] or a directory) into STAGING with rsync."""
     base = sync.SEED_PROFILE if profile == "seed" else ()
     opts = sync.SyncOptions(
-        source=sync.parse_source(source), staging=staging, workdir=settings.workdir,
+        source=parse_source(source), staging=staging, workdir=settings.workdir,
         excludes=(*base, *excludes), final=final, bwlimit=bwlimit, access=source_access)
     report = sync.sync(opts)
     stats = report["stats"]
@@ -231,32 +238,40 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt
 
 
+def _fail(line: str, code: int, debug: bool) -> NoReturn:
+    """Print the error as one line (after the traceback under --debug); exit with ``code``.
+    Call it from an except block: the traceback is that of the exception being handled."""
+    if debug:
+        traceback.print_exc()
+    click.echo(" ".join(line.split()), err=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
-    """Entry point: run the CLI, print errors as one line, exit with the documented code."""
+    """Entry point: run the CLI, print errors as one line, exit with the documented code
+    (the same with --debug, which adds the traceback)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = argv if argv is not None else sys.argv[1:]
+    debug = "--debug" in args
     try:
-        cli.main(args=argv, prog_name="p2vimage", standalone_mode=False)
+        cli.main(args=args, prog_name="p2vimage", standalone_mode=False)
     except P2VError as exc:
-        if debug:
-            raise
-        click.echo(exc.one_line(), err=True)
-        sys.exit(exc.exit_code)
+        _fail(exc.one_line(), exc.exit_code, debug)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: its help, no error
+        click.echo(exc.ctx.get_help())
+        sys.exit(0)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "p2vimage"
-        click.echo(f"error: {exc.format_message()} (hint: see '{command} --help')", err=True)
-        sys.exit(2)
+        _fail(f"error: {exc.format_message()} (hint: see '{command} --help')", 2, False)
     except (click.Abort, KeyboardInterrupt):  # click turns KeyboardInterrupt into Abort
-        if debug:
-            raise
-        click.echo("error: interrupted; partial outputs were removed (hint: run the same "
-                   "command again to start over)", err=True)
-        sys.exit(Interrupted.exit_code)
+        _fail("error: interrupted; partial outputs were removed (hint: run the same command "
+              "again to start over)", Interrupted.exit_code, debug)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(f"error: {exc.format_message()} (hint: rerun with --debug for details)",
+              exc.exit_code, debug)
+    except Exception as exc:  # a bug or an unforeseen failure: still one line
+        _fail(f"error: unexpected {type(exc).__name__}: {exc} (hint: rerun with --debug for "
+              "the traceback, and report it)", 1, debug)
     sys.exit(0)
-
-

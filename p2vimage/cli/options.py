@@ -193,7 +193,7 @@ def smoke_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 SSH_SOURCE: tuple[Decorator, ...] = (
-    click.option("--identity", type=click.Path(path_type=Path, dir_okay=False),
+    click.option("--identity", type=click.Path(path_type=Path, dir_okay=False, exists=True),
                  help="ssh identity file."),
     click.option("--ssh-option", "ssh_options", multiple=True, metavar="OPTION",
                  help="An ssh -o option (e.g. ProxyJump=gw). Repeatable."),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from p2vimage.core.errors import InputError
+from p2vimage.core.output import partial_path
 
 
 def state_path(image: Path) -> Path:
@@ -33,16 +34,51 @@ def load(image: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def save(image: Path, data: dict[str, Any]) -> None:
-    """Write the state of ``image`` (temporary name, fsync, rename)."""
-    path = state_path(image)
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "w") as f:
+def _write(path: Path, data: dict[str, Any]) -> None:
+    with open(path, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def save(image: Path, data: dict[str, Any]) -> None:
+    """Write the state of ``image`` (temporary name, fsync, rename)."""
+    path = state_path(image)
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write(tmp, data)
     tmp.replace(path)
+
+
+def save_pending(image: Path, data: dict[str, Any]) -> None:
+    """Write the state of the image being built at ``image``'s partial name: ``atomic_output``
+    (with the state file as a companion) puts it in place together with the image."""
+    _write(partial_path(state_path(image)), data)
+
+
+def source_identity(tree: Path) -> dict[str, Any]:
+    """How the state names the tree an image is made from: its resolved path, and the device
+    and inode of its root (the same directory even when reached by another path)."""
+    st = os.stat(tree)
+    return {"source": os.fspath(tree.resolve()), "source_id": [st.st_dev, st.st_ino]}
+
+
+def same_source(state: dict[str, Any], tree: Path) -> str | None:
+    """None when ``tree`` is the tree the state records, else why not (one phrase)."""
+    recorded = state.get("source")
+    if not isinstance(recorded, str):
+        return "its state does not record the tree it was built from (an older p2vimage)"
+    now = source_identity(tree)
+    ident = state.get("source_id")
+    if ident is not None and list(ident) == now["source_id"]:
+        return None  # the same directory, perhaps moved or reached by another path
+    if now["source"] != recorded:
+        return f"it was built from {recorded}"
+    # The same path: the same directory unless it was made again since (device numbers can
+    # change across reboots, inode numbers do not).
+    if ident is not None and ident[1] != now["source_id"][1]:
+        return f"{recorded} is a new directory since it was built (removed and made again)"
+    return None
 
 
 def update(image: Path, **fields: Any) -> dict[str, Any]:

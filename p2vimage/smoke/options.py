@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import math
 import re
 from collections.abc import Mapping
@@ -53,30 +54,49 @@ class Probe:
         return f"tcp {self.port}"
 
 
+_HINT = "use tcp:22:SSH-2.0, http:80:/:200:TEXT or ssh:COMMAND:TEXT, optionally @ADDRESS"
+
+
 def parse_probe(spec: str) -> Probe:
     """``tcp:PORT[:BANNER]``, ``http:PORT[:PATH[:STATUS[:TEXT]]]``, ``ssh:COMMAND[:TEXT]``,
-    each optionally ending in ``@ADDRESS``. Raises InputError for anything else."""
+    each optionally ending in ``@ADDRESS`` (an IPv4 address). Raises InputError for anything
+    else: a port outside 1-65535, an HTTP status outside 100-599, a path not starting with /."""
     address = None
-    if "@" in spec and re.fullmatch(r"\d+\.\d+\.\d+\.\d+", spec.rsplit("@", 1)[1]):
+    if "@" in spec and re.fullmatch(r"\d+(?:\.\d+){3}", spec.rsplit("@", 1)[1]):
         spec, address = spec.rsplit("@", 1)
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise InputError(f"bad address {address!r} in probe {spec}@{address}",
+                             hint="give the guest's IPv4 address, like @192.0.2.10") from None
     kind, _, rest = spec.partition(":")
     parts = rest.split(":")
+    probe: Probe | None = None
     try:
         if kind == ProbeKind.TCP:
-            return Probe(ProbeKind.TCP, int(parts[0]), parts[1] if len(parts) > 1 else "",
-                         address=address)
-        if kind == ProbeKind.HTTP:
-            return Probe(ProbeKind.HTTP, int(parts[0]), ":".join(parts[3:]),
-                         path=parts[1] if len(parts) > 1 and parts[1] else "/",
-                         status=int(parts[2]) if len(parts) > 2 and parts[2] else 200,
-                         address=address)
-        if kind == ProbeKind.SSH and parts[0]:
-            return Probe(ProbeKind.SSH, 22, parts[1] if len(parts) > 1 else "",
-                         command=parts[0], address=address)
+            probe = Probe(ProbeKind.TCP, int(parts[0]), ":".join(parts[1:]), address=address)
+        elif kind == ProbeKind.HTTP:
+            probe = Probe(ProbeKind.HTTP, int(parts[0]), ":".join(parts[3:]),
+                          path=parts[1] if len(parts) > 1 and parts[1] else "/",
+                          status=int(parts[2]) if len(parts) > 2 and parts[2] else 200,
+                          address=address)
+        elif kind == ProbeKind.SSH and parts[0]:
+            probe = Probe(ProbeKind.SSH, 22, ":".join(parts[1:]), command=parts[0],
+                          address=address)
     except (ValueError, IndexError):
         pass
-    raise InputError(f"cannot read probe {spec!r}",
-                     hint="use tcp:22:SSH-2.0, http:80:/:200:TEXT or ssh:COMMAND:TEXT")
+    if probe is None:
+        raise InputError(f"cannot read probe {spec!r}", hint=_HINT)
+    if not 1 <= probe.port <= 65535:
+        raise InputError(f"port {probe.port} in probe {spec!r} is not a TCP port",
+                         hint="give a port from 1 to 65535")
+    if not 100 <= probe.status <= 599:
+        raise InputError(f"HTTP status {probe.status} in probe {spec!r} does not exist",
+                         hint="give a status from 100 to 599, like 200")
+    if not probe.path.startswith("/"):
+        raise InputError(f"HTTP path {probe.path!r} in probe {spec!r} does not start with /",
+                         hint="write it like http:80:/index.html:200")
+    return probe
 
 
 def parse_timeout(spec: str) -> tuple[Phase, float]:

@@ -14,6 +14,7 @@ import dataclasses
 import http.client
 import ipaddress
 import json
+import math
 import os
 import re
 import socket
@@ -272,8 +273,41 @@ def ssh_access(opts: SmokeOptions, chosen: accelmod.Accel, overlay: Path, tmp: P
             "IdentitiesOnly=yes", "-o", "ConnectTimeout=5", "-F", "/dev/null"]
 
 
+def report_dir_of(opts: SmokeOptions) -> Path:
+    """Where the reports go: ``--report-dir``, else ``IMAGE.smoke`` beside the image."""
+    image = opts.image.resolve()
+    return opts.report_dir or image.with_name(image.name + ".smoke")
+
+
+def check_options(opts: SmokeOptions) -> None:
+    """Refuse bad settings before anything starts: the login pattern, the timeouts, the
+    report directory (a file in the way, no writable directory to make it in)."""
+    try:
+        re.compile(opts.settings.login_regex, re.M)
+    except re.error as exc:
+        raise InputError(f"--login-regex {opts.settings.login_regex!r} is not a regular "
+                         "expression "
+                         f"({exc})", hint="write a Python regular expression, like "
+                         "'login:\\s*$'") from None
+    for name in ("bootloader_timeout", "kernel_timeout", "login_timeout", "probe_timeout"):
+        value = getattr(opts.settings, name)
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"{name.replace('_', ' ')} {value} is not a number of seconds",
+                             hint="give more than 0 seconds")
+    report_dir = report_dir_of(opts)
+    existing = next(p for p in (report_dir, *report_dir.parents) if p.exists())
+    where = f"report directory {report_dir}" + (
+        "" if existing == report_dir else f" cannot be made: {existing}")
+    if not existing.is_dir():
+        raise InputError(f"{where} is not a directory", hint="give another --report-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{where} is not writable",
+                         hint="give another --report-dir or fix its permissions")
+
+
 def smoke(opts: SmokeOptions) -> dict[str, Any]:
     """Boot, watch, probe; return the report (also written as JSON and JUnit XML)."""
+    check_options(opts)
     image = opts.image.resolve()
     if not image.is_file():
         raise InputError(f"image {opts.image} does not exist", hint="give the converted image")
@@ -281,7 +315,7 @@ def smoke(opts: SmokeOptions) -> dict[str, Any]:
     view = E2fsFiles(image)  # also refuses what is not a raw image with an ext filesystem
     settings = opts.settings
     chosen = accelmod.detect(guestfs=any(p.kind == ProbeKind.SSH for p in settings.probes))
-    report_dir = opts.report_dir or image.with_name(image.name + ".smoke")
+    report_dir = report_dir_of(opts)
     report_dir.mkdir(parents=True, exist_ok=True)
     nics = plan_nics(interfaces(view))
     by_addr = _addresses(nics)

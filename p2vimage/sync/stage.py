@@ -27,6 +27,7 @@ from p2vimage.core.errors import InputError, PreconditionError, StageError
 from p2vimage.core.log import log, progress, step
 from p2vimage.host import run as runmod
 from p2vimage.host import ssh
+from p2vimage.sync.source import Source, bwlimit_bytes, check_apart
 
 LOCAL_FS = {"ext2", "ext3", "ext4", "xfs", "reiserfs", "jfs", "btrfs", "vfat", "msdos",
             "ufs", "reiser4", "f2fs", "zfs", "nilfs2", "hfsplus", "ocfs2", "minix", "ext4dev"}
@@ -34,8 +35,6 @@ LOCAL_FS = {"ext2", "ext3", "ext4", "xfs", "reiserfs", "jfs", "btrfs", "vfat", "
 # the udev rules are copied and rewritten there).
 SEED_PROFILE = ("/srv/backup/*", "/var/cache/*", "/var/lib/backuppc/*", "/var/tmp/*")
 ALWAYS = ("/proc/*", "/sys/*", "/dev/pts/*", "/run/*")
-_SOURCE = re.compile(r"^ssh://(?:(?P<user>[^@/:]+)@)?(?P<host>\[[^\]]+\]|[^/:]+)"
-                     r"(?::(?P<port>\d+))?(?P<path>/.*)?$")
 # One itemized line per changed path: 11 item characters, a space, the name (control
 # characters escaped as \#ooo), then " -> TARGET" for symlinks, " => TARGET" for hard links.
 OUT_FORMAT = "%i %n%L"
@@ -48,49 +47,6 @@ _STAT = {"files": r"Number of files: ([\d,]+)",
          "bytes_sent": r"Total bytes sent: ([\d,]+)",
          "bytes_received": r"Total bytes received: ([\d,]+)",
          "total_size": r"Total file size: ([\d,]+)"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """Where the legacy root filesystem is: a host over ssh, or a local directory."""
-
-    host: str | None
-    user: str | None
-    port: int | None
-    path: str
-
-    @property
-    def remote(self) -> bool:
-        """Whether the source is reached over ssh."""
-        return self.host is not None
-
-    def rsync_spec(self) -> str:
-        """The rsync source argument (with a trailing slash: copy the contents)."""
-        path = self.path.rstrip("/") + "/"
-        if not self.remote:
-            return path
-        return f"{self.user + '@' if self.user else ''}{self.host}:{path}"
-
-
-def parse_source(text: str) -> Source:
-    """``ssh://[user@]host[:port]/[path]`` or a local directory. Raises InputError."""
-    if text.startswith("ssh://"):
-        m = _SOURCE.match(text)
-        if not m:
-            raise InputError(f"cannot read source {text!r}",
-                             hint="write it as ssh://[user@]host[:port]/[path]")
-        host = m.group("host").strip("[]")
-        if host.startswith("-"):
-            raise InputError(f"bad host in {text!r}", hint="a host cannot start with '-'")
-        return Source(host, m.group("user"), int(m.group("port")) if m.group("port") else None,
-                      m.group("path") or "/")
-    if "://" in text:
-        raise InputError(f"unsupported source {text!r}", hint="use ssh:// or a local path")
-    path = Path(text)
-    if not path.is_dir():
-        raise InputError(f"source {text} is not a directory",
-                         hint="give ssh://host/ or a local root directory")
-    return Source(None, None, None, os.fspath(path.resolve()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +77,40 @@ class SyncOptions:
     def work(self) -> Path:
         """Where the source facts and the pass history are recorded."""
         return work_dir(self.staging, self.workdir)
+
+
+def check_options(opts: SyncOptions) -> None:
+    """Refuse bad input before anything connects, is written or is recorded: the staging
+    path, a local source that overlaps it, the rate, the ssh identity and config files."""
+    if opts.staging.exists() and not opts.staging.is_dir():
+        raise InputError(f"staging {opts.staging} is not a directory",
+                         hint="give a directory for the staging tree")
+    if not opts.staging.parent.is_dir():
+        raise InputError(f"directory {opts.staging.parent} does not exist",
+                         hint="create it first")
+    if not opts.source.remote:
+        check_apart(opts.source, opts.staging)
+    if opts.bwlimit:
+        bwlimit_bytes(opts.bwlimit)
+    access = opts.access
+    for option, path in (("--identity", access.identity), ("--ssh-config", access.ssh_config)):
+        if path is not None and not path.is_file():
+            raise InputError(f"{option} {path} is not a file", hint="give an existing file")
+
+
+def _check_ssh(opts: SyncOptions) -> None:
+    """Have ssh read its options and config without connecting (``ssh -G``): a bad
+    ``--ssh-option`` or config line is refused before anything starts."""
+    proc = runmod.run([*ssh_argv(opts), "-G", _target(opts.source)], check=False, timeout=30,
+                      what="ssh -G")
+    if proc.returncode != 0:
+        raise InputError(f"ssh refuses the options for {opts.source.host}: "
+                         f"{runmod.last_line(proc.stderr)}",
+                         hint="check --ssh-option, --ssh-config and the ssh config file")
+
+
+def _target(source: Source) -> str:
+    return f"{source.user + '@' if source.user else ''}{source.host}"
 
 
 def work_dir(staging: Path, workdir: Path | None) -> Path:
@@ -229,8 +219,8 @@ def remote_facts(opts: SyncOptions) -> dict[str, Any]:
     script = (f"P2V_ROOT={shlex.quote(opts.source.path.rstrip('/'))}; "
               f"P2V_RSYNC={shlex.quote(opts.access.rsync_path or 'rsync')}; {_PROBE}")
     if opts.source.remote:
-        target = f"{opts.source.user + '@' if opts.source.user else ''}{opts.source.host}"
-        proc = runmod.run([*ssh_argv(opts), target, "sh", "-c", shlex.quote(script)],
+        proc = runmod.run([*ssh_argv(opts), _target(opts.source), "sh", "-c",
+                           shlex.quote(script)],
                           check=False, timeout=120, what="ssh")
         if proc.returncode != 0:
             raise _ssh_error(opts, proc.stderr, proc.returncode)
@@ -370,24 +360,22 @@ def shared_connection(opts: SyncOptions) -> Iterator[SyncOptions]:
         try:
             yield shared
         finally:
-            target = f"{opts.source.user + '@' if opts.source.user else ''}{opts.source.host}"
-            runmod.run([*ssh_argv(shared), "-O", "exit", target], check=False, timeout=10)
+            runmod.run([*ssh_argv(shared), "-O", "exit", _target(opts.source)], check=False,
+                       timeout=10)
 
 
 def sync(opts: SyncOptions) -> dict[str, Any]:
-    """One pass; returns its report and records it (and the source facts) in the work dir."""
+    """One pass; returns its report and records it (and the source facts) in the work dir.
+    Bad input is refused (InputError) before anything connects or is written."""
+    check_options(opts)
     runmod.require_tools(["rsync", "ssh"] if opts.source.remote else ["rsync"])
+    if opts.source.remote:
+        _check_ssh(opts)
     with shared_connection(opts) as shared:
         return _sync(shared)
 
 
 def _sync(opts: SyncOptions) -> dict[str, Any]:
-    if opts.staging.exists() and not opts.staging.is_dir():
-        raise InputError(f"staging {opts.staging} is not a directory",
-                         hint="give a directory for the staging tree")
-    if not opts.staging.parent.is_dir():
-        raise InputError(f"directory {opts.staging.parent} does not exist",
-                         hint="create it first")
     with step(f"Reading the source's mounts and versions ({opts.source.host or 'local'})"):
         facts = remote_facts(opts)
     if facts["rsync"] == "none":

@@ -3,6 +3,7 @@ at the output path; after an interrupt a rerun succeeds."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import P2VIMAGE, REPO, assert_one_line_error, needs_root, p2v
+from tests.treesums import sha256_tree
 
 MiB = 1 << 20
 
@@ -175,3 +177,148 @@ def test_interrupt_during_populate_then_rerun(big_tree: Path, tmp_path: Path,
     rerun = p2v("build", big_tree, "-o", out)
     assert rerun.returncode == 0, rerun.stderr
     assert out.exists() and not partial.exists()
+
+
+def _stale(out: Path) -> list[Path]:
+    return [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+@pytest.mark.parametrize("how", ["mke2fs-fails", "SIGTERM", "SIGINT", "SIGKILL"])
+def test_failed_force_rebuild_keeps_old_image_and_state(big_tree: Path, tmp_path: Path,
+                                                        how: str) -> None:
+    """A build --force that fails midway leaves the old image and its state file as they were
+    (the state used to be deleted first, so the old image could no longer be refreshed)."""
+    out = tmp_path / "x.img"
+    assert p2v("build", small_tree(tmp_path / "old"), "-o", out).returncode == 0
+    before = sha256_tree(tmp_path)
+    assert "x.img.state.json" in before
+    if how == "mke2fs-fails":  # 64bit without extents: mke2fs refuses once it starts
+        proc = p2v("build", big_tree, "-o", out, "--force", "--fs", "ext3", "--fs-features",
+                   "64bit")
+        assert_one_line_error(proc, 1, "mke2fs")
+    else:
+        sig = getattr(signal, how)
+        child = subprocess.Popen([*P2VIMAGE, "build", str(big_tree), "-o", str(out), "--force"],
+                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        wait_for_populate(child, out.with_name(f".{out.name}.partial"))
+        child.send_signal(sig)
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == (-sig if sig == signal.SIGKILL else 130), err
+    after = sha256_tree(tmp_path)
+    for name in ("x.img", "x.img.state.json"):
+        assert after[name] == before[name], name
+    if how != "SIGKILL":  # a killed run leaves its partial files for the next run
+        assert _stale(out) == []
+        assert after == before
+
+
+@pytest.mark.parametrize("inside", ["tree/x.img", "tree/sub/x.img", "link/x.img",
+                                    "tree/sub/../x.img"])
+def test_output_inside_the_source_is_refused(tmp_path: Path, inside: str) -> None:
+    """No --size could fit an image that mke2fs -d copies into itself: refused up front."""
+    tree = small_tree(tmp_path / "tree")
+    (tree / "sub").mkdir()
+    (tmp_path / "link").symlink_to(tree)
+    before = sha256_tree(tmp_path)
+    proc = p2v("build", tree, "-o", tmp_path / inside)
+    assert_one_line_error(proc, 2, "inside the source")
+    assert "Scanning" not in proc.stderr
+    assert sha256_tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("features,word", [
+    ("frobnicate", "'frobnicate'"),
+    ("has_journal,^frobnicate", "'frobnicate'"),
+    ("gdt_csum", "'gdt_csum'"),  # known to libe2p, refused by mke2fs
+    ("has journal", "'has journal'"),
+])
+def test_unknown_fs_feature_is_refused_before_the_scan(tmp_path: Path, features: str,
+                                                       word: str) -> None:
+    tree = small_tree(tmp_path / "tree")
+    before = sha256_tree(tmp_path)
+    proc = p2v("build", tree, "-o", tmp_path / "x.img", "--fs-features", features)
+    assert_one_line_error(proc, 2, "--fs-features", word)
+    assert "Scanning" not in proc.stderr
+    assert sha256_tree(tmp_path) == before
+
+
+def test_size_beyond_the_msdos_label_is_refused(tmp_path: Path) -> None:
+    tree = small_tree(tmp_path / "tree")
+    before = sha256_tree(tmp_path)
+    proc = p2v("build", tree, "-o", tmp_path / "x.img", "--size", "20T")
+    assert_one_line_error(proc, 2, "20.0 TiB", "2.0 TiB", "msdos")
+    assert sha256_tree(tmp_path) == before
+
+
+@needs_root
+def test_size_beyond_the_output_filesystem_file_limit(tmp_path: Path) -> None:
+    """ext2 with 1 KiB blocks holds files up to 16 GiB: one line naming the size and that limit
+    (it was a traceback from truncate's EFBIG); an older image there stays as it was."""
+    tree = small_tree(tmp_path / "tree")
+    fs, mnt = tmp_path / "fs.ext2", tmp_path / "mnt"
+    subprocess.run(["truncate", "-s", "96M", str(fs)], check=True)
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-b", "1024", str(fs)], check=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(fs), str(mnt)], check=True)
+    try:
+        out = mnt / "x.img"
+        assert p2v("build", tree, "-o", out).returncode == 0
+        before = sha256_tree(mnt)
+        proc = p2v("build", tree, "-o", out, "--size", "20G", "--force")
+        assert_one_line_error(proc, 3, "20.0 GiB", "at most 16.", str(mnt))
+        assert sha256_tree(mnt) == before
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _refresh_setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    built, other = small_tree(tmp_path / "built"), small_tree(tmp_path / "other")
+    (other / "etc/hostname").write_text("another host entirely\n")
+    img = tmp_path / "x.img"
+    assert p2v("build", built, "-o", img).returncode == 0
+    return built, other, img
+
+
+def _recreate(tree: Path) -> None:
+    aside = tree.with_name("aside")
+    tree.rename(aside)
+    subprocess.run(["cp", "-a", str(aside), str(tree)], check=True)
+    subprocess.run(["rm", "-rf", str(aside)], check=True)
+
+
+@pytest.mark.parametrize("case", ["other-tree", "recreated", "state-without-source"])
+def test_refresh_from_another_tree_is_refused(tmp_path: Path, case: str) -> None:
+    """build OTHER -o IMAGE --refresh replaced the image's whole OS with another tree."""
+    built, other, img = _refresh_setup(tmp_path)
+    source, words = other, ["not the tree", "was built from", str(built)]
+    if case == "recreated":
+        _recreate(built)
+        source, words = built, ["new directory"]
+    elif case == "state-without-source":
+        state_file = img.with_name("x.img.state.json")
+        state = json.loads(state_file.read_text())
+        del state["source"], state["source_id"]
+        state_file.write_text(json.dumps(state))
+        source, words = built, ["does not record"]
+    before = sha256_tree(tmp_path)
+    proc = p2v("build", source, "-o", img, "--refresh", "--refresh-method", "rebuild")
+    assert_one_line_error(proc, 2, "--allow-other-source", *words)
+    assert sha256_tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("case", ["moved", "allowed"])
+def test_refresh_from_the_same_directory_moved_or_when_allowed(tmp_path: Path,
+                                                               case: str) -> None:
+    built, other, img = _refresh_setup(tmp_path)
+    if case == "moved":  # the same directory under another name
+        source, extra = built.rename(tmp_path / "moved"), []
+    else:
+        source, extra = other, ["--allow-other-source"]
+    proc = p2v("build", source, "-o", img, "--refresh", "--refresh-method", "rebuild", *extra)
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads(img.with_name("x.img.state.json").read_text())
+    assert state["source"] == str(source)  # the next refresh needs no option
+    assert p2v("build", source, "-o", img, "--refresh", "--refresh-method",
+               "rebuild").returncode == 0
+    assert json.loads(p2v("--json", "verify", source, img).stdout)["differences"] == []

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from p2vimage.disk.e2fs import E2fsFiles
+from p2vimage.disk.state import source_identity
 from tests.conftest import Converted, needs_root, p2v
 
 pytestmark = [pytest.mark.slow, pytest.mark.fixture, needs_root]
@@ -24,8 +25,10 @@ def _copy(converted: Converted, tmp_path: Path) -> tuple[Path, Path]:
                    check=True)
     img = tmp_path / "host.img"
     subprocess.run(["cp", "--sparse=always", str(converted.image), str(img)], check=True)
-    state = converted.image.with_name(converted.image.name + ".state.json")
-    shutil.copy(state, img.with_name("host.img.state.json"))
+    state = json.loads(converted.image.with_name(converted.image.name + ".state.json")
+                       .read_text())
+    state.update(source_identity(staging))  # as if built from the copy
+    img.with_name("host.img.state.json").write_text(json.dumps(state))
     return staging, img
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import assert_one_line_error, needs_root, p2v
 from tests.rig.sshd import Sshd, free_port, start_sshd
+from tests.treesums import sha256_tree
 
 pytestmark = [needs_root]
 
@@ -250,3 +251,59 @@ def test_ssh_config_alias_and_jump_host(sshd: Sshd, hard_tree: Path, tmp_path: P
     # without the config the alias means nothing: one clear line
     proc = p2v("sync", f"ssh://legacy-alias{hard_tree}", tmp_path / "none")
     assert_one_line_error(proc, 3, "legacy-alias")
+
+
+def _two_trees(top: Path) -> None:
+    """staging/ holding a source tree and a neighbour file; src/ beside it; symlinks to both."""
+    for root in (top / "staging/src", top / "src"):
+        (root / "etc").mkdir(parents=True)
+        (root / "etc/fstab").write_text("/dev/sda1 / ext3 defaults 0 1\n")
+        (root / "data.bin").write_bytes(os.urandom(4096))
+    (top / "staging/other").write_text("something else kept in staging\n")
+    (top / "link").symlink_to(top / "staging")
+    (top / "link-to-src").symlink_to(top / "src")
+
+
+@pytest.mark.parametrize("source,staging,words", [
+    ("staging/src", "staging", ["inside the staging"]),
+    ("staging/src/..", "staging", ["same directory"]),
+    ("link/src", "staging", ["inside the staging"]),           # through a symlink
+    ("staging/src", "link", ["inside the staging"]),
+    ("src", "src/staging", ["inside the source"]),
+    ("src", "link-to-src/staging", ["inside the source"]),
+    ("src", "src", ["same directory"]),
+    ("src", "staging/../src", ["same directory"]),
+])
+def test_overlapping_local_source_and_staging_are_refused(
+        tmp_path: Path, source: str, staging: str, words: list[str]) -> None:
+    """rsync --delete into a staging tree holding the source deleted the source and everything
+    else in the staging tree: overlapping paths are refused, and nothing changes."""
+    _two_trees(tmp_path)
+    before = sha256_tree(tmp_path)
+    proc = p2v("sync", f"{tmp_path}/{source}", f"{tmp_path}/{staging}")
+    assert_one_line_error(proc, 2, *words)
+    assert sha256_tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("args,words", [
+    (["LOCAL", "--bwlimit", "lots"], ["--bwlimit", "lots"]),
+    (["LOCAL", "--bwlimit", "1b"], ["--bwlimit", "1b"]),
+    (["ssh://root@127.0.0.1:99999/"], ["99999"]),
+    (["ssh://root@127.0.0.1:0/"], ["port 0"]),
+    (["ssh://root@/"], ["ssh://root@/"]),
+    (["CLOSED", "--identity", "MISSING"], ["--identity", "MISSING"]),
+    (["CLOSED", "--ssh-option", "NoSuchOption=yes"], ["nosuchoption"]),
+    (["CLOSED", "--ssh-config", "MISSING"], ["--ssh-config"]),  # click's check (before too)
+])
+def test_bad_sync_input_is_refused_before_connecting(tmp_path: Path, args: list[str],
+                                                      words: list[str]) -> None:
+    """Exit 2 naming the value; nothing connects, no staging tree, no pass recorded."""
+    (tmp_path / "local/etc").mkdir(parents=True)
+    (tmp_path / "local/etc/fstab").write_text("/dev/sda1 / ext3 defaults 0 1\n")
+    subs = {"LOCAL": str(tmp_path / "local"), "MISSING": str(tmp_path / "missing"),
+            "CLOSED": f"ssh://root@127.0.0.1:{free_port()}/"}
+    argv = [subs.get(a, a) for a in args]
+    before = sha256_tree(tmp_path)
+    proc = p2v("--workdir", tmp_path / "work", "sync", argv[0], tmp_path / "staging", *argv[1:])
+    assert_one_line_error(proc, 2, *(subs.get(w, w) for w in words))
+    assert sha256_tree(tmp_path) == before  # no staging, no work dir, no passes.json

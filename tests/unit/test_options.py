@@ -31,7 +31,8 @@ from p2vimage.smoke.options import Probe, ProbeKind, SmokeSettings
 
 # Options of a single verb that run does not take, and why.
 VERB_ONLY = {
-    "build": {"--refresh", "--refresh-method", "--full-scan"},  # updates an existing image
+    "build": {"--refresh", "--refresh-method", "--full-scan",
+              "--allow-other-source"},  # updates an existing image
     "convert": {"--dry-run"},  # a dry run changes nothing: the pipeline could not go on
     "smoke": {"--report-dir"},  # run keeps the smoke reports in its work directory
 }

@@ -25,6 +25,20 @@ def test_parse_probe() -> None:
     for bad in ("ftp:21", "tcp:x", "http:", "ssh:"):
         with pytest.raises(InputError):
             parse_probe(bad)
+    assert parse_probe("tcp:25:220 mail: ready").expect == "220 mail: ready"
+
+
+@pytest.mark.parametrize("bad,word", [
+    ("tcp:99999", "99999"), ("tcp:0", "port 0"), ("tcp:65536", "65536"),
+    ("http:80:/:99", "status 99"), ("http:80:/:600", "status 600"),
+    ("http:80:nopath", "'nopath'"), ("http:0", "port 0"),
+    ("tcp:22@999.1.1.1", "999.1.1.1"), ("ssh:uptime@10.0.0.256", "10.0.0.256"),
+])
+def test_probe_values_out_of_range(bad: str, word: str) -> None:
+    """These were accepted: qemu then died on the port, or the VM booted for nothing."""
+    with pytest.raises(InputError) as exc:
+        parse_probe(bad)
+    assert word in exc.value.message
 
 
 def test_parse_timeout() -> None:

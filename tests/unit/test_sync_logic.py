@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 
 from p2vimage.core.errors import InputError
+from p2vimage.sync.source import Source, bwlimit_bytes, parse_source
 from p2vimage.sync.stage import (
     SEED_PROFILE,
-    Source,
     SourceAccess,
     SyncOptions,
     changed_paths,
     mount_excludes,
     parse_facts,
-    parse_source,
     parse_stats,
     rsync_argv,
     unreadable,
@@ -45,6 +44,33 @@ def test_parse_source() -> None:
     for bad in ("ssh://", "ssh://-oProxyCommand=x/", "ftp://host/", "/nonexistent/dir"):
         with pytest.raises(InputError):
             parse_source(bad)
+
+
+@pytest.mark.parametrize("bad,word", [
+    ("ssh://ns1:99999/", "99999"), ("ssh://ns1:65536/", "65536"), ("ssh://ns1:0/", "port 0"),
+    ("ssh://root@/", "ssh://root@/"), ("ssh://@ns1/", "ssh://@ns1/"),
+    ("ssh://root@ns1@x/", "ssh://root@ns1@x/"), ("ssh://ns 1/", "ssh://ns 1/"),
+])
+def test_bad_ssh_sources(bad: str, word: str) -> None:
+    """These went on to ssh, which failed to connect (exit 3 instead of 2)."""
+    with pytest.raises(InputError) as exc:
+        parse_source(bad)
+    assert word in exc.value.message
+
+
+@pytest.mark.parametrize("text,nbytes", [
+    ("20m", 20 << 20), ("1.5M", 3 << 19), ("500", 500 << 10), ("100k", 100 << 10),
+    ("2MB", 2_000_000), ("2MiB", 2 << 20), ("512b", 512), ("0", 0), (".5m", 1 << 19),
+    ("1k+1", 1025),
+])
+def test_bwlimit_as_rsync_reads_it(text: str, nbytes: int) -> None:
+    assert bwlimit_bytes(text) == nbytes
+
+
+@pytest.mark.parametrize("bad", ["lots", "", "20x", "1b", "0.1", "-5", "5 m", "k"])
+def test_bwlimit_rsync_refuses(bad: str) -> None:
+    with pytest.raises(InputError):
+        bwlimit_bytes(bad)
 
 
 def test_local_mounts_are_crossed_pseudo_ones_excluded() -> None:
