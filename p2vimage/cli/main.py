@@ -55,13 +55,15 @@ def cli(ctx: click.Context, debug: bool, json_mode: bool, workdir: Path | None) 
 
 @cli.command("doctor")
 @click.option("--refresh", is_flag=True, help="Probe the accelerators again (ignore cache).")
+@click.option("--verb", "verbs", multiple=True, type=click.Choice(doctor.VERB_NAMES),
+              help="Check only this verb (repeatable); demo, bench and tests only this way.")
 @click.pass_obj
-def doctor_cmd(settings: Settings, refresh: bool) -> None:
-    """List host tools found and missing, and the accelerator that really works."""
-    report = doctor.check(refresh=refresh)
+def doctor_cmd(settings: Settings, refresh: bool, verbs: tuple[str, ...]) -> None:
+    """Which verbs this host can run, what each miss needs installed, and the accelerator
+    that really works. Exit 3 when a checked verb cannot run."""
+    report = doctor.check(refresh=refresh, verbs=verbs)
     emit(settings, report, doctor.lines(report))
-    if report["missing"]:
-        sys.exit(3)
+    doctor.verdict(report)
 
 
 @cli.command("build")

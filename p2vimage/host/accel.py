@@ -40,6 +40,10 @@ _BOOT_CODE = bytes.fromhex("31c08ed8be167cbaf803ac84c07403eeebf8faf4ebfc") + b"P
 BOOT_SECTOR = _BOOT_CODE.ljust(510, b"\0") + b"\x55\xaa"
 
 
+class NoAccelerator(PreconditionError):
+    """qemu boots the probe under no accelerator at all (not even TCG)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Accel:
     """The accelerator choice for qemu and libguestfs on this host."""
@@ -177,7 +181,7 @@ def detect(refresh: bool = False, guestfs: bool = True) -> Accel:
             chosen = (accel, cpu)
             break
     if chosen is None:
-        raise PreconditionError(
+        raise NoAccelerator(
             "qemu cannot boot a probe kernel with any accelerator",
             hint="check qemu-system-x86 is installed; run 'p2vimage --debug doctor --refresh'",
         )
