@@ -22,7 +22,7 @@ from typing import Any
 from p2vimage.build import stage as imagemod
 from p2vimage.convert import stage as convertmod
 from p2vimage.convert.options import ConvertOptions, ConvertSettings
-from p2vimage.core.errors import InputError
+from p2vimage.core.errors import InputError, P2VError
 from p2vimage.core.log import log, step
 from p2vimage.core.plain import plain
 from p2vimage.smoke import stage as smokemod
@@ -165,13 +165,20 @@ def run(opts: RunOptions) -> dict[str, Any]:
             continue
         for later in applicable[applicable.index(name):]:  # a redone stage voids the rest
             _stamp_path(opts, later).unlink(missing_ok=True)
-        with step(f"Stage {name}"):
-            report = action()
+        try:
+            with step(f"Stage {name}"):
+                report = action()
+        except P2VError as exc:  # --json shows what was done before the failure
+            results.update(verdict="fail", failed_stage=name)
+            exc.report = exc.report or results
+            raise
         _write_stamp(opts, name, options, report)
         results["stages"][name] = report
         if name == "smoke" and report["verdict"] != "pass":
             results["verdict"] = "fail"
-            raise smokemod.failure_error(report)
+            error = smokemod.failure_error(report)
+            error.report = results
+            raise error
     results["seconds"] = round(time.monotonic() - started, 2)
     smoke_report = results["stages"].get("smoke")
     results["verdict"] = smoke_report.get("verdict", "pass") if isinstance(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -21,6 +22,7 @@ from p2vimage.cli.options import (
     FORCE,
     OUTPUT,
     Settings,
+    as_json,
     build_options,
     convert_options,
     emit,
@@ -42,14 +44,26 @@ from p2vimage.sync.source import parse_source
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show every command run and tracebacks.")
-@click.option("--json", "json_mode", is_flag=True, help="Results as JSON on stdout.")
+@click.option("--json", "json_mode", is_flag=True,
+              help="Results (and errors) as JSON on stdout; logs stay on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress.")
+@click.option("-v", "--verbose", is_flag=True, help="Show every command run.")
+@click.option("-x", "--trace", is_flag=True,
+              help="Trace every libguestfs call (as the virt tools' -x).")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
               help="Per-host work directory (state, stamps, reports).")
 @click.version_option(__version__, prog_name="p2vimage")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, json_mode: bool, workdir: Path | None) -> None:
-    """Move legacy Linux servers into OpenStack images."""
-    logmod.setup(debug=debug, json_mode=json_mode)
+def cli(ctx: click.Context, debug: bool, json_mode: bool, quiet: bool, verbose: bool,
+        trace: bool, workdir: Path | None) -> None:
+    """Move legacy Linux servers into OpenStack images.
+
+    The global options (--json, --debug, -q, -v, -x, --workdir) may also follow the verb."""
+    if quiet and (verbose or debug):
+        raise click.UsageError("-q cannot go with -v or --debug")
+    if trace:
+        os.environ["LIBGUESTFS_TRACE"] = "1"  # read by every libguestfs handle made later
+    logmod.setup(debug=debug, json_mode=json_mode, quiet=quiet, verbose=verbose)
     ctx.obj = Settings(debug=debug, json=json_mode, workdir=workdir)
 
 
@@ -236,29 +250,72 @@ cli_cloud.register(cli)
 cli_cutover.register(cli)
 
 
+GLOBAL_FLAGS = ("--debug", "--json", "-q", "--quiet", "-v", "--verbose", "-x", "--trace")
+TERMINATED = 143  # 128 + SIGTERM, as shells report a process ended by it
+_signals = {"term": False}
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
+    _signals["term"] = True
     raise KeyboardInterrupt
 
 
-def _fail(line: str, code: int, debug: bool) -> NoReturn:
-    """Print the error as one line (after the traceback under --debug); exit with ``code``.
-    Call it from an except block: the traceback is that of the exception being handled."""
+def global_first(args: list[str]) -> list[str]:
+    """The command line with the global options moved before the verb, wherever they were
+    written (``verify A B --json`` as ``--json verify A B``); nothing after ``--`` moves."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg in GLOBAL_FLAGS:
+            front.append(arg)
+        elif arg == "--workdir" and i + 1 < len(args):
+            front += args[i:i + 2]
+            i += 1
+        elif arg.startswith("--workdir="):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def _fail(exc: BaseException | None, line: str, code: int, debug: bool, json_mode: bool,
+          hint: str | None = None) -> NoReturn:
+    """Report the error: one line on stderr (after the traceback under --debug) and, under
+    --json, a JSON object on stdout (error, hint, exit code, the partial report if any);
+    exit with ``code``. Call it from an except block."""
     if debug:
         traceback.print_exc()
-    click.echo(" ".join(line.split()), err=True)
+    if _signals["term"] and code == Interrupted.exit_code:
+        code = TERMINATED
+    line = " ".join(line.split())
+    click.echo(line, err=True)
+    if json_mode:
+        message = exc.message if isinstance(exc, P2VError) else line.removeprefix("error: ")
+        document: dict[str, Any] = {"error": message, "hint": hint, "exit_code": code}
+        report = getattr(exc, "report", None)
+        if report is not None:
+            document["report"] = report
+        click.echo(as_json(document))
     sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    """Entry point: run the CLI, print errors as one line, exit with the documented code
-    (the same with --debug, which adds the traceback)."""
+    """Entry point: run the CLI, print errors as one line (and as JSON under --json), exit
+    with the documented code (the same with --debug, which adds the traceback)."""
     signal.signal(signal.SIGTERM, _on_sigterm)
-    args = argv if argv is not None else sys.argv[1:]
-    debug = "--debug" in args
+    args = global_first(list(argv if argv is not None else sys.argv[1:]))
+    debug = "--debug" in args[:args.index("--")] if "--" in args else "--debug" in args
+    json_mode = "--json" in (args[:args.index("--")] if "--" in args else args)
     try:
         cli.main(args=args, prog_name="p2vimage", standalone_mode=False)
     except P2VError as exc:
-        _fail(exc.one_line(), exc.exit_code, debug)
+        _fail(exc, exc.one_line(), exc.exit_code, debug, json_mode, exc.hint)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: its help, no error
@@ -266,14 +323,18 @@ def main(argv: list[str] | None = None) -> NoReturn:
         sys.exit(0)
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "p2vimage"
-        _fail(f"error: {exc.format_message()} (hint: see '{command} --help')", 2, False)
-    except (click.Abort, KeyboardInterrupt):  # click turns KeyboardInterrupt into Abort
-        _fail("error: interrupted; partial outputs were removed (hint: run the same command "
-              "again to start over)", Interrupted.exit_code, debug)
+        hint = f"see '{command} --help'"
+        _fail(exc, f"error: {exc.format_message()} (hint: {hint})", 2, False, json_mode, hint)
+    except (click.Abort, KeyboardInterrupt) as exc:  # click turns KeyboardInterrupt into Abort
+        hint = "run the same command again to start over"
+        _fail(exc, f"error: interrupted; partial outputs were removed (hint: {hint})",
+              Interrupted.exit_code, debug, json_mode, hint)
     except click.ClickException as exc:
-        _fail(f"error: {exc.format_message()} (hint: rerun with --debug for details)",
-              exc.exit_code, debug)
+        hint = "rerun with --debug for details"
+        _fail(exc, f"error: {exc.format_message()} (hint: {hint})", exc.exit_code, debug,
+              json_mode, hint)
     except Exception as exc:  # a bug or an unforeseen failure: still one line
-        _fail(f"error: unexpected {type(exc).__name__}: {exc} (hint: rerun with --debug for "
-              "the traceback, and report it)", 1, debug)
+        hint = "rerun with --debug for the traceback, and report it"
+        _fail(exc, f"error: unexpected {type(exc).__name__}: {exc} (hint: {hint})", 1, debug,
+              json_mode, hint)
     sys.exit(0)

@@ -42,10 +42,19 @@ class Settings:
     workdir: Path | None
 
 
+SCHEMA_VERSION = 1  # of every JSON document p2vimage prints; raised when a field changes
+
+
+def as_json(data: dict[str, Any]) -> str:
+    """A JSON document as p2vimage prints it (with its schema_version)."""
+    return json.dumps({"schema_version": SCHEMA_VERSION, **data}, indent=2, sort_keys=True,
+                      default=str)
+
+
 def emit(settings: Settings, data: dict[str, Any], human_lines: list[str]) -> None:
     """Print a result: JSON on stdout under --json, else the human lines."""
     if settings.json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+        click.echo(as_json(data))
     else:
         for line in human_lines:
             click.echo(line)

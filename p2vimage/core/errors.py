@@ -14,6 +14,8 @@ Exit codes (documented in README.md):
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class P2VError(Exception):
     """Base of all user-facing errors."""
@@ -24,6 +26,7 @@ class P2VError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.report: dict[str, Any] | None = None  # what was done before it failed (--json)
 
     def one_line(self) -> str:
         """The error as the single line the CLI prints (newlines folded)."""

@@ -174,10 +174,12 @@ def _fail(spec: Spec, transports: Transports, journal: jmod.Journal, step: Step,
                 rb["errors"] or ["the legacy host does not answer the probe"]))
     if journal.lost:
         back += f"; the journal could not be written ({journal.lost}): its status is stale"
-    raise StageError(f"cutover of {spec.name} failed at {error}; {back}",
-                     hint="see 'p2vimage cutover status'; fix the cause and run again"
-                     if rb["legacy_answers"] else "run 'p2vimage cutover rollback' again"
-                     ) from exc
+    failure = StageError(f"cutover of {spec.name} failed at {error}; {back}",
+                         hint="see 'p2vimage cutover status'; fix the cause and run again"
+                         if rb["legacy_answers"] else "run 'p2vimage cutover rollback' again")
+    failure.report = {"name": spec.name, "failed": step.name, "error": error,
+                      "rollback": rb}  # for --json: what happened, up to the legacy probe
+    raise failure from exc
 
 
 def run(spec: Spec, workdir: Path, inject: tuple[str, str] | None = None) -> dict[str, Any]:

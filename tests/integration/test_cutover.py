@@ -120,8 +120,16 @@ def test_failure_rolls_back(rig: Rig, tmp_path: Path, step: str, kind: str) -> N
     spec = rig.spec(tmp_path / "ns1.toml")
     work = tmp_path / "work"
     assert rig.get() == "legacy"
-    proc = rig.cli("cutover", "run", spec, "--inject", f"{step}:{kind}", workdir=work)
+    json_after = ["--json"] if kind == "check" else []  # the output contract, after the verb
+    proc = rig.cli("cutover", "run", spec, "--inject", f"{step}:{kind}", *json_after,
+                   workdir=work)
     assert_one_line_error(proc, 1, f"failed at step {step}", "rolled back")
+    if json_after:  # the error as JSON on stdout, with what the run did and undid
+        error = json.loads(proc.stdout)
+        assert error["exit_code"] == 1 and error["schema_version"] == 1
+        assert f"failed at step {step}" in error["error"] and error["hint"]
+        assert error["report"]["failed"] == step
+        assert error["report"]["rollback"]["legacy_answers"] is True
     if kind == "drop":
         assert "ssh to the legacy host failed" in proc.stderr
     assert_legacy(rig)
@@ -214,7 +222,8 @@ def test_interrupted_run_points_to_status_and_rollback(rig: Rig, tmp_path: Path,
     os.kill(proc.pid, sig)  # the python process itself: ip netns exec execs it
     _, stderr = proc.communicate(timeout=60)
     done = subprocess.CompletedProcess(proc.args, proc.returncode, "", stderr)
-    assert_one_line_error(done, 130, "interrupted during step stop",
+    assert_one_line_error(done, 143 if sig == signal.SIGTERM else 130,
+                          "interrupted during step stop",
                           f"p2vimage --workdir {work} cutover status {spec}",
                           f"p2vimage --workdir {work} cutover rollback {spec}")
     assert "start over" not in stderr
