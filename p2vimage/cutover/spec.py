@@ -134,7 +134,7 @@ class Spec:
 class _Table:
     """A TOML table being read: every key must be used, unknown ones are refused."""
 
-    def __init__(self, path: Path, where: str, data: Any) -> None:
+    def __init__(self, path: Path | str, where: str, data: Any) -> None:
         if not isinstance(data, Mapping):
             raise InputError(f"{path}: {where or 'top level'} must be a table",
                              hint="see the Cutover section of README.md")
@@ -263,7 +263,15 @@ def load(path: Path, profile: Profile | None = None) -> Spec:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise InputError(f"{path}: not valid TOML: {exc}", hint="fix the syntax") from exc
-    top = _Table(path, "", data)
+    return from_dict(data, path, raw, profile)
+
+
+def from_dict(data: Mapping[str, Any], path: Path, raw: bytes, profile: str | None = None,
+              where: str | None = None) -> Spec:
+    """Validate a spec already read into plain values (a TOML file's tables, or an inline
+    table of a fleet inventory). ``raw`` is what the digest is taken of; errors name
+    ``where`` (default: ``path``). Raises InputError (one line: where, key, problem)."""
+    top = _Table(where or path, "", data)
     name = top.text("name", required=True, pattern=_NAME)
     public_ip = _iface(top, "public_ip")
     given = top.text("profile", Profile.FAST.value)

@@ -19,6 +19,7 @@ RANK = {
     "sync": 4, "convert": 4, "smoke": 4, "cloud": 4, "cutover": 4, "demo": 4,
     "build": 5,
     "pipeline": 6,
+    "fleet": 7,
     "cli": 8, "__main__": 9,
 }
 MAX_LINES = 500
