@@ -266,7 +266,7 @@ def load(path: Path, profile: Profile | None = None) -> Spec:
     return from_dict(data, path, raw, profile)
 
 
-def from_dict(data: Mapping[str, Any], path: Path, raw: bytes, profile: str | None = None,
+def from_dict(data: Mapping[str, Any], path: Path, raw: bytes, profile: Profile | None = None,
               where: str | None = None) -> Spec:
     """Validate a spec already read into plain values (a TOML file's tables, or an inline
     table of a fleet inventory). ``raw`` is what the digest is taken of; errors name

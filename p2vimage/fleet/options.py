@@ -22,8 +22,8 @@ from p2vimage import pipeline
 from p2vimage.core.errors import InputError
 from p2vimage.core.units import parse_size
 from p2vimage.cutover import spec as specmod
-from p2vimage.smoke import stage as smoke
-from p2vimage.sync import stage as sync
+from p2vimage.smoke import options as smoke
+from p2vimage.sync import source as sync
 
 PREFIX = "p2v_"
 # The stages a fleet host goes through, in order: the pipeline's, then the cloud's.
