@@ -117,6 +117,18 @@ def _last_line(text: str | bytes | None) -> str:
     return lines[-1] if lines else ""
 
 
+# Programs whose output p2vimage parses and which print numbers in the user's locale (rsync
+# writes "2.000.000" under de_DE): they always run with the C locale.
+C_LOCALE_PROGRAMS = frozenset({"rsync"})
+
+
+def _environment(args: list[str], env: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The child's environment: ours plus ``env``; the C locale for C_LOCALE_PROGRAMS."""
+    if Path(args[0]).name in C_LOCALE_PROGRAMS:
+        env = {**(env or {}), "LC_ALL": "C", "LANG": "C"}
+    return {**os.environ, **env} if env is not None else None
+
+
 def run(
     argv: Sequence[StrPath],
     *,
@@ -136,9 +148,7 @@ def run(
     """
     args = _argv(argv)
     log.debug("+ %s", shlex.join(args))
-    full_env = None
-    if env is not None:
-        full_env = {**os.environ, **env}
+    full_env = _environment(args, env)
     try:
         proc = subprocess.run(
             args,
@@ -187,7 +197,7 @@ def popen(
         stdin=stdin,
         stdout=stdout,
         stderr=stderr,
-        env={**os.environ, **env} if env is not None else None,
+        env=_environment(args, env),
         start_new_session=new_session,
         pass_fds=tuple(pass_fds),
         preexec_fn=_die_with_parent,

@@ -27,6 +27,7 @@ from xml.sax.saxutils import quoteattr
 
 from p2vimage.core.errors import InputError, StageError
 from p2vimage.core.log import log, step
+from p2vimage.core.text import printable
 from p2vimage.disk.e2fs import E2fsFiles
 from p2vimage.guest.netconf import Iface, interfaces
 from p2vimage.host import accel as accelmod
@@ -138,7 +139,8 @@ class Console:
             return ""
 
     def tail(self, lines: int = 15) -> list[str]:
-        clean = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", self.text())
+        """The last lines, safe for JSON, JUnit and the one-line error (no escapes)."""
+        clean = printable(self.text())
         return [line.rstrip() for line in clean.splitlines() if line.strip()][-lines:]
 
 
@@ -404,9 +406,9 @@ def junit(report: dict[str, Any]) -> str:
         out.append(f'  <testcase classname={name} name={quoteattr(c["name"])} '
                    f'time="{c["seconds"]}">')
         if not c["ok"]:
-            out.append(f'    <failure message={quoteattr(c["detail"])}/>')
+            out.append(f'    <failure message={quoteattr(printable(c["detail"]))}/>')
         out.append("  </testcase>")
-    tail = "\n".join(report["console_tail"]).replace("]]>", "]] >")
+    tail = printable("\n".join(report["console_tail"])).replace("]]>", "]] >")
     out.append(f"  <system-out><![CDATA[{tail}]]></system-out>\n</testsuite>\n")
     return "\n".join(out)
 

@@ -3,14 +3,16 @@ JUnit output."""
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
 from p2vimage.core.errors import InputError
 from p2vimage.guest.netconf import Iface
 from p2vimage.smoke.options import Phase, Probe, ProbeKind, parse_probe, parse_timeout
-from p2vimage.smoke.stage import Nic, _failure, junit, netdev_arg, plan_nics
+from p2vimage.smoke.stage import Console, Nic, _failure, junit, netdev_arg, plan_nics
 
 
 def test_parse_probe() -> None:
@@ -104,3 +106,26 @@ def test_junit() -> None:
     assert [c.attrib["name"] for c in cases] == ["phase login", "probe http 80/"]
     failure = cases[1].find("failure")
     assert failure is not None and failure.attrib["message"] == 'HTTP 500 "oops" <b>'
+
+
+# What a real serial console sends besides text: cursor saves and resets, charset shifts,
+# colours, a title, NULs and bells (seen from getty, systemd and GRUB).
+NOISY = ("\x1b7\x1b[1;24r\x1b8Debian GNU/Linux 11 ns1 ttyS0\x1bc\x0f\x1b(B\x1b[0;1;31mFAILED"
+         "\x1b[0m unit\x07\x00 \x1b]0;title\x07login: \x9b2J\ufffe")
+
+
+def test_console_noise_never_breaks_junit_or_json(tmp_path: Path) -> None:
+    log = tmp_path / "console.log"
+    log.write_bytes(NOISY.encode("utf-8", "surrogatepass") + b"\r\nlast line\x1b[K\r\n")
+    tail = Console(log).tail()
+    assert tail == ["Debian GNU/Linux 11 ns1 ttyS0FAILED unit login:", "last line"]
+    report = {"image": "/x/ns1.img", "seconds": 1.0, "console_tail": [NOISY, "x]]>y"],
+              "checks": [{"name": "phase login", "ok": False, "seconds": 1.0,
+                          "detail": f"no login prompt; console: {NOISY}"}]}
+    root = ET.fromstring(junit(report))  # the old junit() made unparseable XML of this
+    out = root.find("system-out")
+    assert out is not None and out.text is not None and "login:" in out.text
+    assert "\x1b" not in out.text and "\x0f" not in out.text
+    failure = root.find("testcase/failure")
+    assert failure is not None and "FAILED unit" in failure.attrib["message"]
+    assert "\x1b" not in json.dumps({"tail": tail})
