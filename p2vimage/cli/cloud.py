@@ -7,12 +7,14 @@ from pathlib import Path
 
 import click
 
+from p2vimage.cli.completion import cloud_names
 from p2vimage.cloud import upload
 from p2vimage.cloud import writevolume as blockdev
 
 
 def _cloud_option(f: click.decorators.FC) -> click.decorators.FC:
     return click.option("--os-cloud", "os_cloud", envvar="OS_CLOUD", metavar="NAME",
+                        shell_complete=cloud_names,
                         help="The cloud's entry in clouds.yaml (default $OS_CLOUD; without "
                         "either, the OS_* variables).")(f)
 

@@ -112,6 +112,20 @@ def _unparsable(files: list[str]) -> InputError | None:
     return None
 
 
+def cloud_names() -> list[str]:
+    """The clouds defined in the clouds.yaml the loader would read ($OS_CLIENT_CONFIG_FILE
+    first), sorted; [] when there is none or it cannot be read. For shell completion: reads
+    only the files (not the OS_* variables) and never raises."""
+    try:
+        config = openstack.config.OpenStackConfig(
+            config_files=_search("OS_CLIENT_CONFIG_FILE", loader.CONFIG_FILES),
+            secure_files=_search("OS_CLIENT_SECURE_FILE", loader.SECURE_FILES),
+            load_envvars=False)
+        return sorted(config.get_cloud_names()) if config.config_filename else []
+    except Exception:
+        return []
+
+
 def cloud_region(cloud: str | None) -> tuple[str, Any]:
     """The cloud's settings read locally, as a run reads them and without connecting:
     (label for messages, openstacksdk CloudRegion). ``cloud`` defaults to $OS_CLOUD, else
