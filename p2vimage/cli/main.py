@@ -76,8 +76,15 @@ def doctor_cmd(settings: Settings, refresh: bool, verbs: tuple[str, ...]) -> Non
     """Which verbs this host can run, what each miss needs installed, and the accelerator
     that really works. Exit 3 when a checked verb cannot run."""
     report = doctor.check(refresh=refresh, verbs=verbs)
+    try:
+        doctor.verdict(report)
+    except P2VError as exc:
+        if settings.json:  # one JSON document: the error, carrying the whole report
+            exc.report = report
+            raise
+        emit(settings, report, doctor.lines(report))
+        raise
     emit(settings, report, doctor.lines(report))
-    doctor.verdict(report)
 
 
 @cli.command("build")

@@ -164,6 +164,7 @@ def test_a_missing_required_tool_exits_3_naming_its_package(
     proc = hidden_doctor(tmp_path, "--json", "doctor", hide=(tool,))
     assert proc.returncode == 3, proc.stderr
     report = json.loads(proc.stdout)
+    report = report.get("report", report)  # a failure: the error document carries it
     assert report["missing"] == [tool]
     assert not report["verbs"][verb]["ok"]
     assert report["verbs"]["verify"]["ok"]
@@ -178,6 +179,7 @@ def test_missing_test_and_bench_tools_are_optional(tmp_path: Path) -> None:
     proc = hidden_doctor(tmp_path, "--json", "doctor", hide=hide)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
+    report = report.get("report", report)  # a failure: the error document carries it
     assert report["missing"] == []
     assert set(report["optional_missing"]) == set(hide)
     assert report["verbs"]["cutover"]["ok"]
@@ -225,6 +227,7 @@ def test_no_working_accelerator_exits_3(tmp_path: Path) -> None:
     assert_one_line_error(proc, 3, "convert", "smoke", "accelerator",
                           "qemu cannot boot a probe kernel with any accelerator")
     report = json.loads(proc.stdout)
+    report = report.get("report", report)  # a failure: the error document carries it
     assert "error" in report["accelerator"]
     assert "accelerator" in report["missing"]
     assert not report["verbs"]["convert"]["ok"] and not report["verbs"]["smoke"]["ok"]
