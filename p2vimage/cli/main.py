@@ -24,12 +24,14 @@ from p2vimage.cli.options import (
     Settings,
     as_json,
     build_options,
+    cloud_options,
     convert_options,
     emit,
     enum_option,
     smoke_options,
     ssh_source_options,
 )
+from p2vimage.cloud.options import CloudSettings
 from p2vimage.convert import stage as convert
 from p2vimage.convert.options import ConvertOptions, ConvertSettings
 from p2vimage.core import log as logmod
@@ -171,13 +173,16 @@ def smoke_cmd(settings: Settings, image_path: Path, smoke_settings: SmokeSetting
 @build_options
 @convert_options
 @smoke_options
+@cloud_options
 @click.pass_obj
 def run_cmd(settings: Settings, source: str, output: Path, staging: Path | None,
             source_access: sync.SourceAccess, first: str | None, last: str, resume: bool,
             force: bool, build_settings: image.BuildSettings,
-            convert_settings: ConvertSettings, smoke_settings: SmokeSettings) -> None:
+            convert_settings: ConvertSettings, smoke_settings: SmokeSettings,
+            cloud_settings: CloudSettings) -> None:
     """The pipeline: SOURCE (a tree, or ssh://[user@]host[:port]/ synced into --staging first)
-    → built, converted, smoke-tested image."""
+    → built, converted, smoke-tested image; with --until upload, volume or boot, then a
+    Glance image, a Cinder volume and a test server, made once per host and run."""
     sync_opts = None
     if source.startswith("ssh://"):
         if staging is None:
@@ -190,7 +195,7 @@ def run_cmd(settings: Settings, source: str, output: Path, staging: Path | None,
     opts = pipeline.RunOptions(
         source=tree, image=output, workdir=settings.workdir, first=first, last=last,
         sync=sync_opts, resume=resume, force=force, build=build_settings,
-        convert=convert_settings, smoke=smoke_settings)
+        convert=convert_settings, smoke=smoke_settings, cloud=cloud_settings)
     results = pipeline.run(opts)
     emit(settings, results, pipeline.lines(results))
 

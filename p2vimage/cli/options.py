@@ -2,8 +2,9 @@
 the option groups declared once and used by every verb that takes them.
 
 A group decorator (``build_options``, ``convert_options``, ``smoke_options``,
-``ssh_source_options``) adds its options to a verb and hands the verb one typed settings
-object instead of the raw values: the conversion (enum choices included) happens here, once.
+``cloud_options``, ``ssh_source_options``) adds its options to a verb and hands the verb one
+typed settings object instead of the raw values: the conversion (enum choices included)
+happens here, once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import click
 
 from p2vimage.build.stage import BuildSettings
+from p2vimage.cloud.options import CloudSettings, Compression, DiskFormat
 from p2vimage.convert.options import (
     BootloaderChoice,
     ConvertSettings,
@@ -231,3 +233,52 @@ def ssh_source_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return _added(SSH_SOURCE, verb)
 
 
+
+
+CLOUD: tuple[Decorator, ...] = (
+    click.option("--os-cloud", "os_cloud", envvar="OS_CLOUD", metavar="NAME",
+                 help="The cloud's entry in clouds.yaml (default $OS_CLOUD; without either, "
+                 "the OS_* variables)."),
+    click.option("--source-host", metavar="HOST",
+                 help="The p2vimage:host mark of what the cloud stages make (default: the "
+                 "ssh:// source's host, else the image's name)."),
+    click.option("--image-name", metavar="NAME",
+                 help="The Glance image name (default: the host mark)."),
+    enum_option("--disk-format", values=DiskFormat, default=DiskFormat.QCOW2.value,
+                show_default=True, help="What is uploaded (raw sends every byte of the disk)."),
+    enum_option("--compression", values=Compression, default=None,
+                help="qcow2 cluster compression (default zstd; zlib for clouds whose qemu is "
+                "older than 5.1; raw is never compressed)."),
+    click.option("--volume-size", type=click.IntRange(min=1), metavar="GB",
+                 help="Volume size in GiB (default: the image's virtual size, rounded up)."),
+    click.option("--volume-type", metavar="NAME", help="Cinder volume type."),
+    click.option("--az", metavar="ZONE",
+                 help="The availability zone of the volume and the test server."),
+    click.option("--flavor", metavar="ID|NAME",
+                 help="The test server's Nova flavor (needed by the boot stage)."),
+    click.option("--network", metavar="ID|NAME|none",
+                 help="The test server's network, or 'none' for no NIC (needed by the boot "
+                 "stage)."),
+    click.option("--key", metavar="NAME", help="Nova key pair of the test server."),
+    click.option("--security-group", "security_groups", multiple=True, metavar="NAME",
+                 help="Security group of the test server. Repeatable."),
+)
+
+
+def cloud_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The cloud stages' options (upload → volume → boot in run), handed over as
+    ``cloud_settings``."""
+    @functools.wraps(f)
+    def verb(*args: Any, os_cloud: str | None, source_host: str | None,
+             image_name: str | None, disk_format: DiskFormat, compression: Compression | None,
+             volume_size: int | None, volume_type: str | None, az: str | None,
+             flavor: str | None, network: str | None, key: str | None,
+             security_groups: tuple[str, ...], **kwargs: Any) -> Any:
+        settings = CloudSettings(
+            cloud=os_cloud, host=source_host, image_name=image_name, disk_format=disk_format,
+            compression=compression, volume_size_gb=volume_size, volume_type=volume_type,
+            availability_zone=az, flavor=flavor, network=network, key=key,
+            security_groups=security_groups)
+        return f(*args, cloud_settings=settings, **kwargs)
+
+    return _added(CLOUD, verb)

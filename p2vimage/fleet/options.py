@@ -26,8 +26,8 @@ from p2vimage.smoke import options as smoke
 from p2vimage.sync import source as sync
 
 PREFIX = "p2v_"
-# The stages a fleet host goes through, in order: the pipeline's, then the cloud's.
-STAGES = (*pipeline.STAGES, "upload", "volume", "boot")
+# The stages a fleet host goes through, in order: the pipeline's (the cloud's included).
+STAGES = pipeline.STAGES
 # What a stage cannot do without (checked before anything runs).
 NEEDS = {"sync": ("source",), "build": ("source",), "boot": ("flavor", "network")}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
@@ -26,11 +25,10 @@ from tests.conftest import (
     REPO,
     Converted,
     assert_one_line_error,
-    is_root,
     needs_root,
     p2v,
 )
-from tests.rig.openstack import PASSWORD, Rig, running
+from tests.rig.openstack import PASSWORD, Rig
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, needs_root]
 rig_test = pytest.mark.openstack
@@ -45,19 +43,6 @@ def _hashes(path: Path) -> tuple[str, str]:
             md5.update(chunk)
             sha512.update(chunk)
     return md5.hexdigest(), sha512.hexdigest()
-
-
-@pytest.fixture(scope="session")
-def cloud_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    """Keystone, two Glances, Cinder, Placement, Neutron and Nova, once per session."""
-    if not is_root():
-        pytest.skip("the rig runs as root")
-    with running(tmp_path_factory.mktemp("openstack")) as rig:
-        print(f"openstack rig in {rig.top}: {rig.timings}")
-        yield rig
-    # the logs stay for a look afterwards; the stored images and volumes (GiBs) go
-    for store in [*rig.top.glob("glance*/images"), *rig.top.glob("cinder/volumes-*")]:
-        shutil.rmtree(store, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
