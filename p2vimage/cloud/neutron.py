@@ -131,9 +131,14 @@ def plan(opts: PortOptions, network: str, security_groups: tuple[str, ...], host
         return [Call("network.find_port", {"name_or_id": opts.port})]
     if not opts.new_port:
         return []
-    calls = [Call("network.find_subnet", {"name_or_id": opts.subnet})] if opts.subnet else []
-    calls += [Call("network.subnets", {"network_id": f"<id of {network}>"})]
-    calls += [Call("network.find_security_group", {"name_or_id": g}) for g in security_groups]
+    net = f"<id of {network}>"
+    calls = [Call("network.subnets", {"network_id": net})]
+    if opts.subnet:
+        calls.append(Call("network.find_subnet", {"name_or_id": opts.subnet,
+                                                  "network_id": net}))
+    calls += [Call("network.find_security_group", {"name_or_id": g,
+                                                   "project_id": "<this project>"})
+              for g in security_groups]
     req = port_request(opts, f"<id of {network}>",
                        f"<id of {opts.subnet}>" if opts.subnet else None,
                        [f"<id of {g}>" for g in security_groups], host, run)
@@ -173,10 +178,12 @@ def new_port(conn: Any, opts: PortOptions, net: Any, security_groups: tuple[str,
         subnets = list(conn.network.subnets(network_id=net.id))
         subnet = None
         if opts.subnet:
-            subnet = conn.network.find_subnet(opts.subnet, ignore_missing=True)
+            subnet = conn.network.find_subnet(opts.subnet, ignore_missing=True,
+                                              network_id=net.id)
         group_ids = []
-        for name in security_groups:
-            group = conn.network.find_security_group(name, ignore_missing=True)
+        for name in security_groups:  # by name in this project, as Nova looks them up
+            group = conn.network.find_security_group(name, ignore_missing=True,
+                                                     project_id=conn.current_project_id)
             if group is None:
                 raise InputError(f"no security group {name!r} in cloud {cloud!r}",
                                  hint="see 'openstack security group list'")
