@@ -65,6 +65,9 @@ PASSWORD = "rig-admin-secret"  # a throwaway password for a loopback-only test c
 SMALL_CAP = 16 << 20  # RegionTwo's Glance refuses images larger than this (HTTP 413)
 AZS = ("nova", "az2")
 SUBNET = "192.0.2.0/24"  # rig-net's subnet (TEST-NET-1)
+# Nova's threads share SQLite files: wait up to 60 s for a lock, not pysqlite's 5 s (a boot
+# next to a delete on a loaded machine failed with "database is locked")
+BUSY = "?timeout=60"
 
 
 def venv_path() -> Path:
@@ -320,8 +323,8 @@ class Rig:
                         "default_availability_zone": "nova", "concurrency_backend": "threading",
                         "instances_path": nv / "instances"},
             "api": {"auth_strategy": "keystone"},
-            "api_database": {"connection": f"sqlite:///{nv}/nova_api.db"},
-            "database": {"connection": f"sqlite:///{nv}/nova.db"},
+            "api_database": {"connection": f"sqlite:///{nv}/nova_api.db{BUSY}"},
+            "database": {"connection": f"sqlite:///{nv}/nova.db{BUSY}"},
             "wsgi": {"api_paste_config": self.venv / "etc/nova/api-paste.ini"},
             "keystone_authtoken": self._authtoken(),
             "placement": self._service_auth(),
@@ -392,9 +395,9 @@ class Rig:
         manage = [*self.tool("nova-manage"), "--config-file", str(nv / "nova.conf")]
         self._run("nova-manage", [*manage, "api_db", "sync"])
         self._run("nova-manage", [*manage, "cell_v2", "map_cell0", "--database_connection",
-                                  f"sqlite:///{nv}/nova_cell0.db"])
+                                  f"sqlite:///{nv}/nova_cell0.db{BUSY}"])
         self._run("nova-manage", [*manage, "cell_v2", "create_cell", "--name", "cell1",
-                                  "--database_connection", f"sqlite:///{nv}/nova.db",
+                                  "--database_connection", f"sqlite:///{nv}/nova.db{BUSY}",
                                   "--transport-url", "fake:/"])
         self._run("nova-manage", [*manage, "db", "sync"])
 
