@@ -1,5 +1,13 @@
 """The cloud verbs (registered on the main click group by cli.py): upload, volume, boot,
-write-volume, and the ``cloud`` group (cleanup)."""
+write-volume, and the ``cloud`` group (cleanup).
+
+Options speak the openstack CLI's dialect where it has a word for the thing:
+``--os-cloud``, ``--os-region-name``, ``--availability-zone``, ``--key-name``, ``--type``,
+``--property``, ``--tag``, ``--port``, ``--fixed-ip``, ``--allowed-address``,
+``--mac-address``. The p2vimage:host mark is ``--source-host``: in ``openstack server
+create`` ``--host`` names a compute host, so boot refuses ``--host`` and the other verbs
+take it as a deprecated alias with a warning.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +18,53 @@ import click
 from p2vimage.cli.completion import cloud_names
 from p2vimage.cloud import upload
 from p2vimage.cloud import writevolume as blockdev
+from p2vimage.core.errors import InputError
+from p2vimage.core.log import log
 
 
 def _cloud_option(f: click.decorators.FC) -> click.decorators.FC:
+    f = click.option("--os-region-name", "os_region", envvar="OS_REGION_NAME",
+                     metavar="REGION", help="The region (default $OS_REGION_NAME, else the "
+                     "cloud's first region).")(f)
     return click.option("--os-cloud", "os_cloud", envvar="OS_CLOUD", metavar="NAME",
                         shell_complete=cloud_names,
                         help="The cloud's entry in clouds.yaml (default $OS_CLOUD; without "
                         "either, the OS_* variables).")(f)
 
 
+def _host_options(f: click.decorators.FC, what: str = " (default: taken from the source)"
+                  ) -> click.decorators.FC:
+    f = click.option("--host", "legacy_host", metavar="HOST", hidden=True,
+                     help="Deprecated: --source-host.")(f)
+    return click.option("--source-host", "host", metavar="HOST",
+                        help=f"The p2vimage:host mark{what}; not a compute host.")(f)
+
+
 def _tag_options(f: click.decorators.FC) -> click.decorators.FC:
     f = click.option("--run-id", "run_id", metavar="ID",
                      help="The p2vimage:run mark (default: a new UTC time stamp).")(f)
-    return click.option("--host", metavar="HOST",
-                        help="The p2vimage:host mark (default: taken from the source).")(f)
+    return _host_options(f)
+
+
+def _marked_host(f: click.decorators.FC) -> click.decorators.FC:
+    return _host_options(f, ": delete what carries it (required)")
+
+
+def source_host(host: str | None, legacy: str | None, verb: str) -> str | None:
+    """The p2vimage:host mark from --source-host, or from the deprecated --host (refused on
+    boot, where the openstack CLI's --host places the server on a compute host)."""
+    if legacy is None:
+        return host
+    if verb == "boot":
+        raise InputError("boot takes no --host: the p2vimage:host mark is --source-host",
+                         hint="--source-host HOST marks the server; --availability-zone "
+                         "ZONE:HOST places it on a compute host")
+    if host is not None and host != legacy:
+        raise InputError(f"--host {legacy} and --source-host {host} differ",
+                         hint="give --source-host only")
+    log.warning("warning: --host is deprecated, use --source-host (in the openstack CLI "
+                "--host names a compute host)")
+    return legacy
 
 
 def _dry_run(f: click.decorators.FC) -> click.decorators.FC:
@@ -48,38 +89,50 @@ def register(group: click.Group) -> None:
     @click.option("--no-trim", is_flag=True,
                   help="Do not punch holes for the filesystem's free blocks first.")
     @click.option("--use-import", is_flag=True,
-                  help="Stage and import (glance-direct) instead of a plain upload.")
+                  help="Stage and import (glance-direct) instead of a plain upload; a cloud "
+                  "with Glance's image_conversion plugin converts the image (to raw, for "
+                  "Ceph) and upload checks the result against the raw image.")
     @click.option("--visibility", type=click.Choice(["private", "shared", "community",
                                                      "public"]), default="private",
                   show_default=True)
+    @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
+                  help="An image property (over the guest's). Repeatable.")
+    @click.option("--tag", "tags", multiple=True, metavar="TAG",
+                  help="An image tag (beside p2vimage's marks). Repeatable.")
     @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True,
                   help="Seconds to wait for the image to become active.")
     @_tag_options
     @_dry_run
     @click.pass_obj
-    def upload_cmd(settings: Settings, image: Path, os_cloud: str | None, name: str,
-                   disk_format: str, compression: str | None, no_trim: bool,
-                   use_import: bool, visibility: str, timeout: int, host: str | None,
-                   run_id: str | None, dry_run: bool) -> None:
+    def upload_cmd(settings: Settings, image: Path, os_cloud: str | None,
+                   os_region: str | None, name: str, disk_format: str,
+                   compression: str | None, no_trim: bool, use_import: bool, visibility: str,
+                   properties: tuple[str, ...], tags: tuple[str, ...], timeout: int,
+                   host: str | None, legacy_host: str | None, run_id: str | None,
+                   dry_run: bool) -> None:
         """Trim IMAGE, convert it, upload it to Glance verifying md5 and sha512, with
-        properties from the guest (virtio, os_distro, os_version, architecture)."""
+        properties from the guest (virtio, os_distro, os_version, architecture) and
+        openstacksdk's owner_specified.openstack.md5/sha256/object."""
         from p2vimage.cloud import connect, glance  # openstacksdk: 0.14 s
         opts = glance.UploadOptions(
-            image=image, cloud=os_cloud, name=name, host=host or image.stem,
+            image=image, cloud=os_cloud, name=name,
+            host=source_host(host, legacy_host, "upload") or image.stem,
             run=run_id or connect.run_id(), disk_format=disk_format,
             compression=compression or ("zstd" if disk_format == "qcow2" else "none"),
             trim=not no_trim, use_import=use_import, visibility=visibility, timeout=timeout,
-            dry_run=dry_run)
+            dry_run=dry_run, region=os_region, properties=properties, tags=tags)
         report = glance.upload(opts)
         _emit(settings, report, glance.upload_lines(report))
 
     @group.command("volume")
     @click.option("--image", required=True, metavar="ID|NAME", help="The Glance image.")
-    @click.option("--az", metavar="ZONE", help="The volume availability zone (the node's).")
+    @click.option("--availability-zone", "--az", "az", metavar="ZONE",
+                  help="The volume availability zone (the node's).")
     @click.option("--size", "size_gb", type=click.IntRange(min=1), metavar="GB",
                   help="Size in GiB (default: the image's virtual size, rounded up).")
     @click.option("--name", help="Volume name (default p2vimage-HOST-RUN).")
-    @click.option("--volume-type", help="Cinder volume type.")
+    @click.option("--type", "--volume-type", "volume_type", metavar="TYPE",
+                  help="Cinder volume type.")
     @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True)
     @_cloud_option
     @_tag_options
@@ -87,24 +140,37 @@ def register(group: click.Group) -> None:
     @click.pass_obj
     def volume_cmd(settings: Settings, image: str, az: str | None, size_gb: int | None,
                    name: str | None, volume_type: str | None, timeout: int,
-                   os_cloud: str | None, host: str | None, run_id: str | None,
-                   dry_run: bool) -> None:
+                   os_cloud: str | None, os_region: str | None, host: str | None,
+                   legacy_host: str | None, run_id: str | None, dry_run: bool) -> None:
         """A bootable Cinder volume from a Glance image, in an availability zone."""
         from p2vimage.cloud import cinder, connect  # openstacksdk: 0.14 s
         opts = cinder.VolumeOptions(
-            cloud=os_cloud, image=image, az=az, size_gb=size_gb, name=name, host=host,
-            run=run_id or connect.run_id(), volume_type=volume_type, timeout=timeout,
-            dry_run=dry_run)
+            cloud=os_cloud, image=image, az=az, size_gb=size_gb, name=name,
+            host=source_host(host, legacy_host, "volume"), run=run_id or connect.run_id(),
+            volume_type=volume_type, timeout=timeout, dry_run=dry_run, region=os_region)
         report = cinder.volume(opts)
         _emit(settings, report, cinder.volume_lines(report))
 
     @group.command("boot")
     @click.option("--volume", required=True, metavar="ID|NAME", help="The boot volume.")
     @click.option("--flavor", required=True, metavar="ID|NAME")
-    @click.option("--key", metavar="NAME", help="Nova key pair.")
-    @click.option("--az", metavar="ZONE", help="Compute availability zone.")
-    @click.option("--network", required=True, metavar="ID|NAME|none",
+    @click.option("--key-name", "--key", "key", metavar="NAME", help="Nova key pair.")
+    @click.option("--availability-zone", "--az", "az", metavar="ZONE[:HOST[:NODE]]",
+                  help="Compute availability zone; ZONE:HOST puts the server on one compute "
+                  "host (admins).")
+    @click.option("--network", metavar="ID|NAME|none",
                   help="The network of the NIC, or 'none' for no NIC.")
+    @click.option("--port", metavar="ID|NAME", help="An existing, free port for the NIC "
+                  "(instead of --network).")
+    @click.option("--fixed-ip", "fixed_ips", multiple=True, metavar="ADDRESS",
+                  help="Make the NIC's port with this address on --network (the legacy "
+                  "address). Repeatable.")
+    @click.option("--subnet", metavar="ID|NAME", help="The subnet of --fixed-ip.")
+    @click.option("--allowed-address", "allowed_addresses", multiple=True,
+                  metavar="ADDRESS[/PREFIX]", help="Make the port with this allowed address "
+                  "pair (the public address the guest keeps). Repeatable.")
+    @click.option("--mac-address", metavar="MAC", help="Make the port with this MAC (the "
+                  "legacy NIC's).")
     @click.option("--security-group", "security_groups", multiple=True, metavar="NAME",
                   help="Repeatable.")
     @click.option("--name", help="Server name (default: the host).")
@@ -114,15 +180,23 @@ def register(group: click.Group) -> None:
     @_dry_run
     @click.pass_obj
     def boot_cmd(settings: Settings, volume: str, flavor: str, key: str | None,
-                 az: str | None, network: str, security_groups: tuple[str, ...],
-                 name: str | None, timeout: int, os_cloud: str | None, host: str | None,
-                 run_id: str | None, dry_run: bool) -> None:
-        """A Nova server booted from the volume (kept when the server is deleted)."""
-        from p2vimage.cloud import connect, nova  # openstacksdk: 0.14 s
+                 az: str | None, network: str | None, port: str | None,
+                 fixed_ips: tuple[str, ...], subnet: str | None,
+                 allowed_addresses: tuple[str, ...], mac_address: str | None,
+                 security_groups: tuple[str, ...], name: str | None, timeout: int,
+                 os_cloud: str | None, os_region: str | None, host: str | None,
+                 legacy_host: str | None, run_id: str | None, dry_run: bool) -> None:
+        """A Nova server booted from the volume (kept when the server is deleted), on a
+        network, an existing port, or a port made with the legacy address."""
+        from p2vimage.cloud import connect, neutron, nova  # openstacksdk: 0.14 s
         opts = nova.BootOptions(
             cloud=os_cloud, volume=volume, flavor=flavor, key=key, az=az, network=network,
-            security_groups=security_groups, name=name, host=host,
-            run=run_id or connect.run_id(), timeout=timeout, dry_run=dry_run)
+            security_groups=security_groups, name=name,
+            host=source_host(host, legacy_host, "boot"), run=run_id or connect.run_id(),
+            timeout=timeout, dry_run=dry_run, region=os_region,
+            port=neutron.PortOptions(port=port, fixed_ips=fixed_ips, subnet=subnet,
+                                     allowed_addresses=allowed_addresses,
+                                     mac_address=mac_address))
         report = nova.boot(opts)
         _emit(settings, report, nova.boot_lines(report))
 
@@ -151,14 +225,19 @@ def register(group: click.Group) -> None:
         """Cloud housekeeping."""
 
     @cloud_group.command("cleanup")
-    @click.option("--host", required=True, help="Delete what is marked p2vimage:host=HOST.")
+    @_marked_host
     @click.option("--run-id", "run_id", metavar="ID", help="Only what one run made.")
     @_cloud_option
     @_dry_run
     @click.pass_obj
-    def cleanup_cmd(settings: Settings, host: str, run_id: str | None, os_cloud: str | None,
+    def cleanup_cmd(settings: Settings, host: str | None, legacy_host: str | None,
+                    run_id: str | None, os_cloud: str | None, os_region: str | None,
                     dry_run: bool) -> None:
-        """Find the servers, volumes and images p2vimage made for HOST and delete them."""
+        """Find the servers, ports, volumes and images p2vimage made for HOST (marked
+        p2vimage:host=HOST) and delete them."""
         from p2vimage.cloud import cleanup  # openstacksdk: 0.14 s
-        report = cleanup.cleanup(os_cloud, host, run_id, dry_run=dry_run)
+        marked = source_host(host, legacy_host, "cloud cleanup")
+        if not marked:
+            raise click.UsageError("Missing option '--source-host'.")
+        report = cleanup.cleanup(os_cloud, marked, run_id, dry_run=dry_run, region=os_region)
         _emit(settings, report, cleanup.cleanup_lines(report))

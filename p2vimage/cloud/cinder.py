@@ -18,8 +18,8 @@ from p2vimage.cloud.connect import (
     find_image,
     image_host,
     require_zone,
-    retry_delete,
     tags,
+    undo_delete,
 )
 from p2vimage.core.errors import InputError
 from p2vimage.core.log import log, step
@@ -39,6 +39,7 @@ class VolumeOptions:
     volume_type: str | None = None
     timeout: int = 3600
     dry_run: bool = False
+    region: str | None = None
 
 
 def volume_request(opts: VolumeOptions, image_id: str, size_gb: int,
@@ -73,17 +74,18 @@ def volume(opts: VolumeOptions) -> dict[str, Any]:
     Waits for ``available`` (``error`` fails); a volume that fails is deleted.
     """
     if opts.dry_run:
-        label, _ = cloud_region(opts.cloud)
+        label, settings = cloud_region(opts.cloud, opts.region)
         req = volume_request(opts, f"<id of {opts.image}>", opts.size_gb or 0,
                              opts.host or "<host from the image's tag>")
-        return {"dry_run": True, "cloud": label, "calls": [c.text() for c in [
+        return {"dry_run": True, "cloud": label, "region": settings.region_name,
+                "calls": [c.text() for c in [
             Call("image.find_image", {"name_or_id": opts.image}),
             Call("block_storage.availability_zones"),
             Call("block_storage.create_volume", req),
             Call("block_storage.wait_for_status", {"status": "available",
                                                    "failures": ["error"]})]]}
     cloud = opts.cloud or os.environ.get("OS_CLOUD") or "OS_*"
-    conn = connect(opts.cloud)
+    conn = connect(opts.cloud, opts.region)
     started = time.monotonic()
     image = find_image(conn, opts.image, cloud)
     if image.status != "active":
@@ -109,12 +111,13 @@ def volume(opts: VolumeOptions) -> dict[str, Any]:
                 vol = conn.block_storage.get_volume(vol.id)
     except BaseException:
         with step(f"Deleting the failed volume {vol.id}"):
-            retry_delete(conn.block_storage.delete_volume, vol.id, seconds=30)
+            undo_delete(conn.block_storage.delete_volume, vol.id)
         raise
     return {"volume_id": vol.id, "name": vol.name, "size_gb": vol.size,
             "availability_zone": vol.availability_zone, "bootable": bool(vol.is_bootable),
             "status": vol.status, "image_id": image.id, "host": host, "run": opts.run,
-            "cloud": cloud, "seconds": round(time.monotonic() - started, 1)}
+            "cloud": cloud, "region": conn.config.region_name,
+            "seconds": round(time.monotonic() - started, 1)}
 
 
 def volume_lines(report: dict[str, Any]) -> list[str]:

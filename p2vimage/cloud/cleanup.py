@@ -1,10 +1,11 @@
-"""cloud cleanup: find the servers, volumes and images p2vimage marked for a host (and run)
-and delete them, servers first, volumes once Nova detached them, then images."""
+"""cloud cleanup: find the servers, ports, volumes and images p2vimage marked for a host (and
+run) and delete them: servers first (they hold the ports and volumes), ports, volumes once
+Nova detached them, then images."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,23 +29,28 @@ def _marked(metadata: dict[str, str] | None, host: str, run: str | None) -> bool
 
 
 _BUSY = ("in-use", "detaching", "attaching", "reserved", "creating", "downloading")
+KINDS = ("servers", "ports", "volumes", "images")
 
 
-def _wait_detached(conn: Any, vol: Any, seconds: float = 300) -> None:
-    """Until a volume of a deleted server is detached (Nova detaches after the delete)."""
-    deadline = time.monotonic() + seconds
-    while vol.status in _BUSY and time.monotonic() < deadline:
-        time.sleep(1)
-        vol = conn.block_storage.get_volume(vol.id)
+def _wait_detached(conn: Any, vol: Any, seconds: int = 300) -> None:
+    """Until a volume of a deleted server is detached (Nova detaches after the delete); one
+    that goes to ``error`` is deleted as it is. Raises ResourceTimeout."""
+    if vol.status in _BUSY:
+        with contextlib.suppress(sdk_exc.ResourceFailure):
+            conn.block_storage.wait_for_status(vol, "available", failures=["error"],
+                                               interval=1, wait=seconds)
 
 
 def cleanup_plan(host: str, run: str | None) -> list[Call]:
     """The calls ``cleanup`` makes (what --dry-run prints): list each kind, keep what is
-    marked, delete it; servers first (they hold the volumes), volumes, images."""
+    marked, delete it; servers first (they hold the ports and volumes), ports, volumes,
+    images."""
     marks = {TAG_HOST: host, **({TAG_RUN: run} if run else {})}
     tagged = [f"{k}={v}" for k, v in marks.items()]
     return [Call("compute.servers", {"details": True, "metadata": marks}),
             Call("compute.delete_server", {"server": "<each server found>"}),
+            Call("network.ports", {"tags": ",".join(tagged)}),
+            Call("network.delete_port", {"port": "<each port found>"}),
             Call("block_storage.volumes", {"details": True, "metadata": marks}),
             Call("block_storage.delete_volume", {"volume": "<each volume found, once "
                                                  "detached>"}),
@@ -54,23 +60,27 @@ def cleanup_plan(host: str, run: str | None) -> list[Call]:
 
 
 def cleanup(cloud_name: str | None, host: str, run: str | None = None,
-            dry_run: bool = False) -> dict[str, Any]:
-    """Find (and unless ``dry_run`` delete) servers, volumes and images marked for ``host``.
+            dry_run: bool = False, region: str | None = None) -> dict[str, Any]:
+    """Find (and unless ``dry_run`` delete) servers, ports, volumes and images marked for
+    ``host``.
 
-    Servers go first (they hold the volumes), volumes next, images last. A service the cloud
-    does not have is skipped. A dry run checks the cloud's settings and connects to nothing.
+    Servers go first (they hold the ports and volumes), then ports, volumes, images last. A
+    service the cloud does not have is skipped. A dry run checks the cloud's settings and
+    connects to nothing.
     """
     if dry_run:
-        label, _ = cloud_region(cloud_name)
-        return {"host": host, "run": run, "cloud": label, "dry_run": True,
-                "calls": [c.text() for c in cleanup_plan(host, run)]}
+        label, settings = cloud_region(cloud_name, region)
+        return {"host": host, "run": run, "cloud": label, "region": settings.region_name,
+                "dry_run": True, "calls": [c.text() for c in cleanup_plan(host, run)]}
     cloud = cloud_name or os.environ.get("OS_CLOUD") or "OS_*"
-    conn = connect(cloud_name)
-    found: dict[str, list[dict[str, str]]] = {"servers": [], "volumes": [], "images": []}
+    conn = connect(cloud_name, region)
+    found: dict[str, list[dict[str, str]]] = {kind: [] for kind in KINDS}
     skipped: list[str] = []
+    marks = [f"{TAG_HOST}={host}", *([f"{TAG_RUN}={run}"] if run else [])]
     listings: dict[str, Callable[[], list[Any]]] = {
         "servers": lambda: [s for s in conn.compute.servers(details=True)
                             if _marked(s.metadata, host, run)],
+        "ports": lambda: list(conn.network.ports(tags=",".join(marks))),
         "volumes": lambda: [v for v in conn.block_storage.volumes(details=True)
                             if _marked(v.metadata, host, run)],
         "images": lambda: [i for i in conn.image.images(tag=f"{TAG_HOST}={host}")
@@ -87,19 +97,22 @@ def cleanup(cloud_name: str | None, host: str, run: str | None = None,
         except Exception as exc:
             raise translate(exc, f"listing {kind}", cloud) from exc
         found[kind] = [{"id": r.id, "name": r.name or ""} for r in resources[kind]]
-    for kind in ("servers", "volumes", "images"):
+    for kind in KINDS:
         for res in resources[kind]:
             with api(f"deleting {kind[:-1]} {res.id}", cloud):
                 if kind == "servers":
                     conn.compute.delete_server(res, ignore_missing=True)
                     conn.compute.wait_for_delete(res, interval=1, wait=300)
+                elif kind == "ports":
+                    conn.network.delete_port(res, ignore_missing=True)
                 elif kind == "volumes":
                     _wait_detached(conn, res)
                     conn.block_storage.delete_volume(res, ignore_missing=True)
                     conn.block_storage.wait_for_delete(res, interval=1, wait=300)
                 else:
                     conn.image.delete_image(res, ignore_missing=True)
-    return {"host": host, "run": run, "cloud": cloud, "dry_run": False, "found": found,
+    return {"host": host, "run": run, "cloud": cloud, "region": conn.config.region_name,
+            "dry_run": False, "found": found,
             "skipped_services": skipped,
             "calls": [f"{kind[:-1]}.delete({r['id']!r})  # {r['name']}"
                       for kind in found for r in found[kind]]}
@@ -109,7 +122,7 @@ def cleanup_lines(report: dict[str, Any]) -> list[str]:
     if report["dry_run"]:
         marks = f"{TAG_HOST}={report['host']}" + (f", {TAG_RUN}={report['run']}"
                                                   if report["run"] else "")
-        return [f"would find the servers, volumes and images marked {marks} in cloud "
+        return [f"would find the servers, ports, volumes and images marked {marks} in cloud "
                 f"{report['cloud']!r} and delete them:",
                 *(f"  would call: {c}" for c in report["calls"])]
     out = [f"deleted {kind[:-1]} {r['id']} ({r['name']})"

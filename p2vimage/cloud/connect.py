@@ -3,7 +3,10 @@
 The only module that imports openstacksdk (and keystoneauth1). Credentials come from
 clouds.yaml / ``OS_*`` through openstacksdk's config loader and nothing here logs them.
 Every resource made is named and carries ``p2vimage:host=HOST`` and ``p2vimage:run=RUN``
-(image tags; volume and server metadata) so ``cleanup`` finds leftovers. Every verb has a
+(image and port tags; volume and server metadata) so ``cleanup`` finds leftovers. Retries
+and waits are openstacksdk's own: ``connect_retries`` and ``status_code_retries`` on the
+connection (a service that restarts, a 503 from its proxy), ``wait_for_status`` /
+``wait_for_server`` / ``wait_for_delete`` for resources. Every verb has a
 dry run that reads the cloud's settings as a run does (``cloud_region``: defined, parsable,
 complete), lists the API calls it would make and connects to nothing.
 
@@ -40,6 +43,11 @@ from p2vimage.core.log import log
 GiB = 1 << 30
 TAG_HOST = "p2vimage:host"
 TAG_RUN = "p2vimage:run"
+# Under the cloud's own settings (clouds.yaml wins): keystoneauth retries a refused or broken
+# connection and a 503 this many times, waiting 0.5 s, 1 s, 2 s, ... between tries.
+RETRIES = {"connect_retries": 4, "status_code_retries": 4}
+# For requests that stream a file: a retry would send the rest of a half-read stream.
+NO_RETRY = {"connect_retries": 0, "status_code_retries": 0}
 
 
 def run_id() -> str:
@@ -126,13 +134,15 @@ def cloud_names() -> list[str]:
         return []
 
 
-def cloud_region(cloud: str | None) -> tuple[str, Any]:
+def cloud_region(cloud: str | None, region: str | None = None) -> tuple[str, Any]:
     """The cloud's settings read locally, as a run reads them and without connecting:
     (label for messages, openstacksdk CloudRegion). ``cloud`` defaults to $OS_CLOUD, else
-    the OS_* variables.
+    the OS_* variables; ``region`` (``--os-region-name``, $OS_REGION_NAME) to the cloud's
+    first region.
 
     Raises InputError: no cloud given, a clouds.yaml (or secure.yaml) that cannot be parsed,
-    a cloud that is not defined, settings the loader rejects or that are incomplete.
+    a cloud that is not defined, a region it does not list, settings the loader rejects or
+    that are incomplete.
     """
     name = cloud or os.environ.get("OS_CLOUD")
     if not name and not os.environ.get("OS_AUTH_URL"):
@@ -149,7 +159,7 @@ def cloud_region(cloud: str | None) -> tuple[str, Any]:
         if error:
             raise error
     try:
-        config = openstack.config.OpenStackConfig()
+        config = openstack.config.OpenStackConfig(override_defaults=RETRIES)
     except sdk_exc.ConfigException as exc:
         raise InputError(f"cannot use the cloud settings: {exc}",
                          hint="fix clouds.yaml or the OS_* variables") from exc
@@ -160,19 +170,23 @@ def cloud_region(cloud: str | None) -> tuple[str, Any]:
                          hint="add it to clouds.yaml (or point OS_CLIENT_CONFIG_FILE at the "
                          "file that has it) and pass its name with --os-cloud")
     try:
-        return label, config.get_one(cloud=name)
+        return label, config.get_one(cloud=name, region_name=region or None)
     except sdk_exc.ConfigException as exc:
+        if region and f"Region {region} is not" in str(exc):
+            raise InputError(f"cloud {label!r} has no region {region!r}: {exc}",
+                             hint="give one of its regions with --os-region-name (or fix "
+                             "$OS_REGION_NAME)") from exc
         raise InputError(f"cloud {label!r} cannot be used: {exc}",
                          hint="fix its entry in clouds.yaml or the OS_* variables") from exc
     except Exception as exc:
         raise translate(exc, "reading its settings", label) from exc
 
 
-def connect(cloud: str | None) -> Any:
-    """An authorized connection to ``cloud`` (default $OS_CLOUD, else the OS_* variables);
-    its settings are read by ``cloud_region`` (whose errors it raises)."""
-    label, region = cloud_region(cloud)
-    conn = openstack.connection.Connection(config=region)
+def connect(cloud: str | None, region: str | None = None) -> Any:
+    """An authorized connection to ``cloud`` (default $OS_CLOUD, else the OS_* variables) in
+    ``region``; its settings are read by ``cloud_region`` (whose errors it raises)."""
+    label, settings = cloud_region(cloud, region)
+    conn = openstack.connection.Connection(config=settings)
     try:
         conn.session.get_token()
     except Exception as exc:
@@ -242,18 +256,20 @@ def api(what: str, cloud: str) -> Iterator[None]:
         raise translate(exc, what, cloud) from exc
 
 
-def retry_delete(fn: Any, *args: Any, seconds: float = 60) -> bool:
-    """Delete with retries (the service may be restarting after a crash); True when done."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            fn(*args, ignore_missing=True)
-            return True
-        except Exception as exc:  # any failure: retry until the deadline
-            if time.monotonic() > deadline:
-                log.warning("could not delete %s: %s", args[0], _detail(exc))
-                return False
-            time.sleep(1)
+def undo_delete(fn: Any, ref: Any, wait: Callable[[Any], Any] | None = None) -> bool:
+    """Delete what a failed run made, ``wait`` for it to go if given; True when done.
+
+    The connection's retries cover a service that is restarting after a crash; anything else
+    is logged, not raised (the run's own error is the one to show).
+    """
+    try:
+        fn(ref, ignore_missing=True)
+        if wait is not None:
+            wait(ref)
+        return True
+    except Exception as exc:
+        log.warning("could not delete %s: %s", getattr(ref, "id", ref), _detail(exc))
+        return False
 
 
 # -- upload --------------------------------------------------------------------------------

@@ -24,8 +24,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import openstack.exceptions as sdk_exc
+from openstack import utils
+
 from p2vimage.cloud import cinder, glance, nova
-from p2vimage.cloud.connect import TAG_HOST, TAG_RUN, api, connect, retry_delete
+from p2vimage.cloud.connect import TAG_HOST, TAG_RUN, api, connect, undo_delete
 from p2vimage.core.errors import StageError
 from p2vimage.core.log import log, step
 
@@ -179,23 +182,27 @@ def _settle(kind: str, found: list[Any], judge: Callable[[Any], Judged],
 
 def _until(get: Callable[[str], Any], res: Any, done: Callable[[Any], bool], what: str,
            timeout: float, cloud: str) -> Any:
-    """Poll ``get(res.id)`` until ``done``; StageError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not done(res):
-        if time.monotonic() > deadline:
-            raise StageError(f"{what} {res.id} in cloud {cloud!r} is still {res.status} after "
-                             f"{timeout:g} s", hint="look at it in the cloud, or delete it "
-                             "with 'p2vimage cloud cleanup --host HOST --run-id RUN'")
-        time.sleep(2)
-        with api(f"reading {what} {res.id}", cloud):
-            res = get(res.id)
-    return res
+    """Read ``get(res.id)`` until ``done``, at openstacksdk's own pace (its iterate_timeout,
+    the loop under its wait_for_status); StageError after ``timeout`` seconds."""
+    if done(res):
+        return res
+    try:
+        for _ in utils.iterate_timeout(timeout, f"{what} {res.id} did not settle", wait=2):
+            with api(f"reading {what} {res.id}", cloud):
+                res = get(res.id)
+            if done(res):
+                return res
+    except sdk_exc.ResourceTimeout:
+        pass
+    raise StageError(f"{what} {res.id} in cloud {cloud!r} is still {res.status} after "
+                     f"{timeout:g} s", hint="look at it in the cloud, or delete it with "
+                     "'p2vimage cloud cleanup --source-host HOST --run-id RUN'")
 
 
 def _deleted(ok: bool, kind: str, res_id: str, host: str, run: str) -> None:
     if not ok:
         raise StageError(f"cannot delete {kind} {res_id}, left by an earlier attempt",
-                         hint=f"delete it with 'p2vimage cloud cleanup --host {host} "
+                         hint=f"delete it with 'p2vimage cloud cleanup --source-host {host} "
                          f"--run-id {run}', then run again")
 
 
@@ -209,7 +216,7 @@ def upload_once(opts: glance.UploadOptions, source: str) -> dict[str, Any]:
         found = find_marked(conn, "image", opts.host, opts.run)
 
     def delete(image: Any) -> None:
-        _deleted(retry_delete(conn.image.delete_image, image.id), "image", image.id,
+        _deleted(undo_delete(conn.image.delete_image, image.id), "image", image.id,
                  opts.host, opts.run)
 
     image, replaced = _settle("image", found, lambda i: judge_image(i, source),
@@ -272,7 +279,7 @@ def volume_once(opts: cinder.VolumeOptions) -> dict[str, Any]:
         vol = _until(conn.block_storage.get_volume, vol,
                      lambda v: str(v.status) in ("available", "error") or
                      str(v.status).startswith("error_"), "volume", 300, cloud)
-        _deleted(retry_delete(conn.block_storage.delete_volume, vol.id, seconds=60),
+        _deleted(undo_delete(conn.block_storage.delete_volume, vol.id),
                  "volume", vol.id, host, opts.run)
         with api(f"deleting volume {vol.id}", cloud):
             conn.block_storage.wait_for_delete(vol, interval=1, wait=300)

@@ -134,7 +134,8 @@ def converted(image: Path, disk_format: str, compression: str) -> Iterator[Path]
 
 
 class HashingReader:
-    """A file read once, front to back, by the HTTP client: md5 and sha512 of what it sent.
+    """A file read once, front to back, by the HTTP client: md5, sha256 and sha512 of what it
+    sent (Glance's checksum and os_hash_value; openstacksdk's owner_specified properties).
 
     ``read(n)`` returns up to ``max(n, CHUNK)`` bytes, so the client sends large blocks
     whatever block size it asks for (http.client asks for 8-16 KiB). ``len()`` gives
@@ -146,6 +147,7 @@ class HashingReader:
         self.size = path.stat().st_size
         self.sent = 0
         self.md5 = hashlib.md5(usedforsecurity=False)
+        self.sha256 = hashlib.sha256()
         self.sha512 = hashlib.sha512()
         self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
         self._bar = progress(self.size, desc)
@@ -156,6 +158,7 @@ class HashingReader:
     def read(self, n: int = -1) -> bytes:
         data = self._file.read(self.size if n is None or n < 0 else max(n, CHUNK))
         self.md5.update(data)
+        self.sha256.update(data)
         self.sha512.update(data)
         self.sent += len(data)
         self._bar.update(len(data))
@@ -268,6 +271,16 @@ def image_props(image: Path) -> GuestProps:
     """The guest properties of the raw ``image`` (read through debugfs, no appliance)."""
     check_raw(image)
     return guest_props(e2fs.E2fsFiles(image))
+
+
+def file_hashes(path: Path) -> tuple[str, str]:
+    """(md5, sha512) of a file, read once (what Glance computes over what it stores)."""
+    md5, sha512 = hashlib.md5(usedforsecurity=False), hashlib.sha512()
+    with open(path, "rb") as f:
+        while data := f.read(CHUNK * 4):
+            md5.update(data)
+            sha512.update(data)
+    return md5.hexdigest(), sha512.hexdigest()
 
 
 def check_compression(disk_format: str, compression: str) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import time
+import urllib.error
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +44,19 @@ def _hashes(path: Path) -> tuple[str, str]:
             md5.update(chunk)
             sha512.update(chunk)
     return md5.hexdigest(), sha512.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def small_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 24 MiB raw ext4 image of a tiny Debian 12 tree: for what needs an image, not a guest
+    (regions, imports, ports), and converts, uploads and clones in a moment."""
+    tree = tmp_path_factory.mktemp("small-tree")
+    (tree / "etc").mkdir()
+    (tree / "etc/os-release").write_text("ID=debian\nVERSION_ID=12\n")
+    (tree / "etc/motd").write_bytes(os.urandom(MiB))  # data a hash notices
+    image = tmp_path_factory.mktemp("small") / "small.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", tree, image, "24M"], check=True)
+    return image
 
 
 @pytest.fixture(scope="session")
@@ -181,13 +195,83 @@ def test_the_servers_root_volume_boots(cloud_rig: Rig, volume: dict[str, Any],
 
 
 @rig_test
-def test_upload_with_import_checks_the_import(cloud_rig: Rig, legacy_image: Path) -> None:
-    report = _cli(cloud_rig, "upload", legacy_image, "--os-cloud", "rig", "--name",
-                  "imported", "--host", "import-test", "--use-import", "--no-trim")
-    assert report["status"] == "active" and report["hash_verified"]
-    assert _hashes(cloud_rig.glance_file(report["image_id"])) == (report["md5"],
-                                                                  report["sha512"])
-    _cli(cloud_rig, "cloud", "cleanup", "--host", "import-test", "--os-cloud", "rig")
+def test_upload_with_import_checks_the_import(cloud_rig: Rig, small_image: Path) -> None:
+    """The rig's RegionOne Glance converts what it imports to raw (its image_conversion
+    plugin, as on a Ceph-backed cloud): a qcow2 import is checked against the raw image
+    itself; a raw one is not converted and is checked against what was sent."""
+    upload = ("upload", small_image, "--os-cloud", "rig", "--source-host", "import-test",
+              "--use-import")
+    qcow2 = _cli(cloud_rig, *upload, "--name", "imported")
+    assert qcow2["status"] == "active" and qcow2["hash_verified"]
+    assert qcow2["disk_format"] == "qcow2" and qcow2["converted_to"] == "raw"
+    record = cloud_rig.api("GET", f"{cloud_rig.url('glance')}/v2/images/{qcow2['image_id']}")
+    assert record["disk_format"] == "raw" and record["size"] == small_image.stat().st_size
+    assert _hashes(cloud_rig.glance_file(qcow2["image_id"])) == _hashes(small_image)
+    assert _hashes(small_image)[0] != qcow2["md5"]  # the md5 of the qcow2 that was sent
+    assert record["owner_specified.openstack.md5"] == qcow2["md5"]
+    raw = _cli(cloud_rig, *upload, "--name", "imported-raw", "--disk-format", "raw",
+               "--compression", "none")
+    assert raw["status"] == "active" and raw["hash_verified"] and raw["converted_to"] is None
+    assert _hashes(cloud_rig.glance_file(raw["image_id"])) == (raw["md5"], raw["sha512"])
+    _cli(cloud_rig, "cloud", "cleanup", "--source-host", "import-test", "--os-cloud", "rig")
+
+
+@rig_test
+def test_the_sdk_sees_the_upload_as_its_own(cloud_rig: Rig, uploaded: dict[str, Any],
+                                            tmp_path: Path) -> None:
+    """openstacksdk's create_image, given the same file, finds the image up to date by its
+    owner_specified.openstack hashes and uploads nothing (Ansible's openstack.cloud.image
+    goes through it)."""
+    import openstack.config
+    import openstack.connection
+
+    got = cloud_rig.download(f"{cloud_rig.url('glance')}/v2/images/{uploaded['image_id']}"
+                             "/file", tmp_path / "sent.qcow2")
+    record = cloud_rig.api("GET", f"{cloud_rig.url('glance')}/v2/images/"
+                                  f"{uploaded['image_id']}")
+    assert record["owner_specified.openstack.md5"] == uploaded["md5"] == _hashes(got)[0]
+    sha256 = hashlib.sha256()
+    with open(got, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            sha256.update(chunk)
+    assert record["owner_specified.openstack.sha256"] == uploaded["sha256"] == \
+        sha256.hexdigest()
+    assert record["owner_specified.openstack.object"] == f"images/{HOST}"
+    config = openstack.config.OpenStackConfig(config_files=[str(cloud_rig.clouds_yaml)],
+                                              load_envvars=False)
+    conn = openstack.connection.Connection(config=config.get_one("rig"))
+    image = conn.image.create_image(HOST, filename=str(got), disk_format="qcow2",
+                                    container_format="bare", validate_checksum=True,
+                                    wait=True, timeout=300)
+    assert image.id == uploaded["image_id"]
+    assert [i["id"] for i in _images(cloud_rig, HOST)] == [uploaded["image_id"]]
+
+
+@rig_test
+def test_regions(cloud_rig: Rig, small_image: Path) -> None:
+    """rig-regions lists RegionOne then RegionTwo: --os-region-name and $OS_REGION_NAME pick
+    RegionTwo's Glance; cleanup there skips the services RegionTwo lacks."""
+    argv = ("upload", small_image, "--os-cloud", "rig-regions", "--source-host",
+            "region-test")
+    two = _cli(cloud_rig, *argv, "--name", "region-2", "--os-region-name", "RegionTwo")
+    proc = p2v("--json", *argv, "--name", "region-env",
+               env={**cloud_rig.env, "OS_REGION_NAME": "RegionTwo"})
+    assert proc.returncode == 0, proc.stderr
+    env = json.loads(proc.stdout)
+    one = _cli(cloud_rig, *argv, "--name", "region-1")
+    assert (two["region"], env["region"], one["region"]) == ("RegionTwo", "RegionTwo",
+                                                             "RegionOne")
+    assert [i["id"] for i in _images(cloud_rig, "region-2", "glance2")] == [two["image_id"]]
+    assert [i["id"] for i in _images(cloud_rig, "region-env", "glance2")] == [env["image_id"]]
+    assert _images(cloud_rig, "region-2") == []
+    assert _images(cloud_rig, "region-1", "glance2") == []
+    done = _cli(cloud_rig, "cloud", "cleanup", "--source-host", "region-test", "--os-cloud",
+                "rig-regions", "--os-region-name", "RegionTwo")
+    assert sorted(i["id"] for i in done["found"]["images"]) == sorted(
+        [two["image_id"], env["image_id"]])
+    assert sorted(done["skipped_services"]) == ["ports", "servers", "volumes"]
+    assert _images(cloud_rig, "region-2", "glance2") == []
+    _cli(cloud_rig, "cloud", "cleanup", "--source-host", "region-test", "--os-cloud", "rig")
 
 
 def _images(rig: Rig, name: str, glance: str = "glance") -> list[dict[str, Any]]:
@@ -199,7 +283,7 @@ def test_glance_killed_mid_upload(cloud_rig: Rig, legacy_image: Path) -> None:
     """Glance's worker dies while the image streams in: one line, the partial image deleted,
     and the same command succeeds (uWSGI has started a new worker)."""
     name = f"killed-{uuid.uuid4().hex[:6]}"
-    argv = ["upload", legacy_image, "--os-cloud", "rig", "--name", name, "--host",
+    argv = ["upload", legacy_image, "--os-cloud", "rig", "--name", name, "--source-host",
             "kill-test", "--disk-format", "raw", "--no-trim"]
     store = cloud_rig.top / "glance/images"
     before = set(store.iterdir())
@@ -220,7 +304,7 @@ def test_glance_killed_mid_upload(cloud_rig: Rig, legacy_image: Path) -> None:
     again = _cli(cloud_rig, *argv)
     assert again["status"] == "active" and again["hash_verified"]
     assert [i["id"] for i in _images(cloud_rig, name)] == [again["image_id"]]
-    _cli(cloud_rig, "cloud", "cleanup", "--host", "kill-test", "--os-cloud", "rig")
+    _cli(cloud_rig, "cloud", "cleanup", "--source-host", "kill-test", "--os-cloud", "rig")
 
 
 @rig_test
@@ -243,14 +327,14 @@ def test_errors_are_one_line_each(cloud_rig: Rig, legacy_image: Path,
         assert PASSWORD not in shown and "not-the-password" not in shown
         assert "gAAAAA" not in shown  # a fernet token
     fails(3, "upload", legacy_image, "--os-cloud", "rig-small", "--name", "too-big",
-          "--host", "quota-test", words=("HTTP 413", "the partial image was deleted"))
+          "--source-host", "quota-test", words=("HTTP 413", "the partial image was deleted"))
     assert _images(cloud_rig, "too-big", "glance2") == []
     fails(2, "volume", "--image", "no-such-image", "--os-cloud", "rig",
           words=("no image 'no-such-image'",))
     fails(2, "volume", "--image", image, "--az", "az9", "--os-cloud", "rig",
           words=("no volume availability zone 'az9'", "az2, nova"))
-    spare = _cli(cloud_rig, "volume", "--image", image, "--host", "error-test", "--os-cloud",
-                 "rig")["volume_id"]
+    spare = _cli(cloud_rig, "volume", "--image", image, "--source-host", "error-test",
+                 "--os-cloud", "rig")["volume_id"]
     boot = ("boot", "--volume", spare, "--os-cloud", "rig")
     fails(2, *boot, "--flavor", "m9.huge", "--network", "none",
           words=("no flavor 'm9.huge'", "m1.small"))
@@ -258,7 +342,126 @@ def test_errors_are_one_line_each(cloud_rig: Rig, legacy_image: Path,
           words=("no compute availability zone 'az9'",))
     fails(2, *boot, "--flavor", "m1.small", "--network", "no-such-net",
           words=("no network 'no-such-net'", "rig-net"))
-    _cli(cloud_rig, "cloud", "cleanup", "--host", "error-test", "--os-cloud", "rig")
+    _cli(cloud_rig, "cloud", "cleanup", "--source-host", "error-test", "--os-cloud", "rig")
+
+
+# -- boot's NIC: a port that keeps the legacy address ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def net_image(cloud_rig: Rig, small_image: Path) -> str:
+    return str(_cli(cloud_rig, "upload", small_image, "--os-cloud", "rig", "--name",
+                    "net-test", "--source-host", "net-test")["image_id"])
+
+
+def _neutron(rig: Rig, path: str) -> Any:
+    return rig.api("GET", f"{rig.url('neutron')}/v2.0/{path}")
+
+
+def _gone(rig: Rig, url: str) -> bool:
+    try:
+        rig.api("GET", url)
+    except urllib.error.HTTPError as exc:
+        return exc.code == 404
+    return False
+
+
+def _marked_ports(rig: Rig, host: str) -> list[str]:
+    return [p["id"] for p in _neutron(rig, f"ports?tags=p2vimage:host={host}")["ports"]]
+
+
+@rig_test
+def test_boot_on_a_port_that_keeps_the_legacy_address(cloud_rig: Rig, net_image: str) -> None:
+    """The port is made first with the legacy address, the public address as an allowed
+    address pair and the legacy MAC, tagged; Neutron binds it, the server is ACTIVE on it
+    on the compute host ZONE:HOST names; cleanup deletes the server, then the port."""
+    vol = _cli(cloud_rig, "volume", "--image", net_image, "--source-host", "port-test",
+               "--os-cloud", "rig")["volume_id"]
+    report = _cli(cloud_rig, "boot", "--volume", vol, "--flavor", "m1.small", "--network",
+                  "rig-net", "--subnet", "rig-subnet", "--fixed-ip", "192.0.2.15",
+                  "--allowed-address", "203.0.113.7", "--allowed-address", "198.51.100.0/28",
+                  "--mac-address", "52:54:00:AB:CD:EF", "--security-group", "default",
+                  "--availability-zone", "nova:rig", "--source-host", "port-test",
+                  "--os-cloud", "rig")
+    assert report["status"] == "ACTIVE" and report["port"]["created"]
+    port = _neutron(cloud_rig, f"ports/{report['port']['id']}")["port"]
+    assert [(ip["ip_address"], ip["subnet_id"]) for ip in port["fixed_ips"]] == [
+        ("192.0.2.15", cloud_rig.subnet_id)]
+    assert sorted((p["ip_address"], p["mac_address"])
+                  for p in port["allowed_address_pairs"]) == [
+        ("198.51.100.0/28", "52:54:00:ab:cd:ef"), ("203.0.113.7", "52:54:00:ab:cd:ef")]
+    assert port["mac_address"] == "52:54:00:ab:cd:ef" and port["port_security_enabled"]
+    assert sorted(port["tags"]) == ["p2vimage:host=port-test",
+                                    f"p2vimage:run={report['run']}"]
+    default = _neutron(cloud_rig, "security-groups?name=default")["security_groups"]
+    assert port["security_groups"] == [g["id"] for g in default
+                                       if g["project_id"] == port["project_id"]]
+    assert port["device_id"] == report["server_id"]
+    assert port["binding:host_id"] == "rig" and port["binding:vif_type"] == "ovs"
+    nova = cloud_rig.url("nova") + "/v2.1"
+    server = cloud_rig.api("GET", f"{nova}/servers/{report['server_id']}")["server"]
+    assert server["OS-EXT-SRV-ATTR:host"] == "rig"
+    nics = cloud_rig.api("GET", f"{nova}/servers/{report['server_id']}/os-interface")
+    assert [(n["port_id"], n["mac_addr"], [ip["ip_address"] for ip in n["fixed_ips"]])
+            for n in nics["interfaceAttachments"]] == [
+        (port["id"], "52:54:00:ab:cd:ef", ["192.0.2.15"])]
+    assert report["addresses"] == {"rig-net": ["192.0.2.15"]}
+    done = _cli(cloud_rig, "cloud", "cleanup", "--source-host", "port-test", "--os-cloud",
+                "rig")
+    found = {kind: [r["id"] for r in items] for kind, items in done["found"].items()}
+    assert found == {"servers": [report["server_id"]], "ports": [port["id"]],
+                     "volumes": [vol], "images": []}
+    assert _gone(cloud_rig, f"{cloud_rig.url('neutron')}/v2.0/ports/{port['id']}")
+    assert _gone(cloud_rig, f"{nova}/servers/{report['server_id']}")
+
+
+@rig_test
+def test_a_failed_boot_deletes_the_port_it_made(cloud_rig: Rig, net_image: str) -> None:
+    """ZONE:HOST names a host Nova does not have: the server goes to ERROR; the server and
+    then the port are deleted, the volume stays."""
+    vol = _cli(cloud_rig, "volume", "--image", net_image, "--source-host", "fail-test",
+               "--os-cloud", "rig")["volume_id"]
+    proc = p2v("boot", "--volume", vol, "--flavor", "m1.small", "--network", "rig-net",
+               "--fixed-ip", "192.0.2.16", "--availability-zone", "nova:no-such-host",
+               "--source-host", "fail-test", "--os-cloud", "rig", env=cloud_rig.env)
+    assert_one_line_error(proc, 1, "ERROR")
+    assert "Deleting port" in proc.stderr
+    assert _marked_ports(cloud_rig, "fail-test") == []
+    assert [p for p in _neutron(cloud_rig, "ports")["ports"]
+            if any(ip["ip_address"] == "192.0.2.16" for ip in p["fixed_ips"])] == []
+    servers = cloud_rig.api("GET", f"{cloud_rig.url('nova')}/v2.1/servers?name=fail-test")
+    assert servers["servers"] == []
+    record = cloud_rig.api("GET", f"{cloud_rig.url('cinder')}/v3/{cloud_rig.project_id}"
+                                  f"/volumes/{vol}")["volume"]
+    assert record["status"] == "available"
+    _cli(cloud_rig, "cloud", "cleanup", "--source-host", "fail-test", "--os-cloud", "rig")
+
+
+@rig_test
+def test_boot_on_an_existing_port_keeps_it(cloud_rig: Rig, net_image: str) -> None:
+    """--port takes the operator's port as it is: no tags added, and cleanup deletes the
+    server but never the port."""
+    port = cloud_rig.api("POST", f"{cloud_rig.url('neutron')}/v2.0/ports", {"port": {
+        "network_id": cloud_rig.network_id, "name": "operators-port",
+        "fixed_ips": [{"ip_address": "192.0.2.17"}]}})["port"]
+    vol = _cli(cloud_rig, "volume", "--image", net_image, "--source-host", "kept-test",
+               "--os-cloud", "rig")["volume_id"]
+    report = _cli(cloud_rig, "boot", "--volume", vol, "--flavor", "m1.small", "--port",
+                  "operators-port", "--source-host", "kept-test", "--os-cloud", "rig")
+    assert report["status"] == "ACTIVE"
+    assert report["port"]["id"] == port["id"] and not report["port"]["created"]
+    assert _neutron(cloud_rig, f"ports/{port['id']}")["port"]["device_id"] == \
+        report["server_id"]
+    spare = _cli(cloud_rig, "volume", "--image", net_image, "--source-host", "kept-test",
+                 "--os-cloud", "rig")["volume_id"]
+    busy = p2v("boot", "--volume", spare, "--flavor", "m1.small", "--port", port["id"],
+               "--os-cloud", "rig", env=cloud_rig.env)
+    assert_one_line_error(busy, 2, f"port {port['id']} is in use")
+    done = _cli(cloud_rig, "cloud", "cleanup", "--source-host", "kept-test", "--os-cloud",
+                "rig")
+    assert done["found"]["ports"] == [] and len(done["found"]["servers"]) == 1
+    kept = _neutron(cloud_rig, f"ports/{port['id']}")["port"]
+    assert kept["tags"] == [] and kept["device_id"] == ""
 
 
 @rig_test
@@ -266,19 +469,19 @@ def test_cleanup_finds_and_deletes_what_the_run_made(
         cloud_rig: Rig, uploaded: dict[str, Any], volume: dict[str, Any],
         server: dict[str, Any]) -> None:
     """Last in this file: it deletes the server, volume and image the tests above made."""
-    dry = _cli(cloud_rig, "cloud", "cleanup", "--host", HOST, "--os-cloud", "rig",
+    dry = _cli(cloud_rig, "cloud", "cleanup", "--source-host", HOST, "--os-cloud", "rig",
                "--dry-run")
     assert dry["dry_run"] and "found" not in dry  # it says what it would look for, offline
     assert f"compute.servers(details=True, metadata={{'p2vimage:host': '{HOST}'}})" in \
         dry["calls"]
     assert cloud_rig.api("GET", f"{cloud_rig.url('nova')}/v2.1/servers/"
                                 f"{server['server_id']}")["server"]["status"] == "ACTIVE"
-    done = _cli(cloud_rig, "cloud", "cleanup", "--host", HOST, "--os-cloud", "rig")
+    done = _cli(cloud_rig, "cloud", "cleanup", "--source-host", HOST, "--os-cloud", "rig")
     found = {kind: [r["id"] for r in items] for kind, items in done["found"].items()}
-    assert found == {"servers": [server["server_id"]], "volumes": [volume["volume_id"]],
-                     "images": [uploaded["image_id"]]}
-    again = _cli(cloud_rig, "cloud", "cleanup", "--host", HOST, "--os-cloud", "rig")
-    assert again["found"] == {"servers": [], "volumes": [], "images": []}
+    assert found == {"servers": [server["server_id"]], "ports": [],
+                     "volumes": [volume["volume_id"]], "images": [uploaded["image_id"]]}
+    again = _cli(cloud_rig, "cloud", "cleanup", "--source-host", HOST, "--os-cloud", "rig")
+    assert again["found"] == {"servers": [], "ports": [], "volumes": [], "images": []}
     assert not cloud_rig.volume_file_exists(volume["volume_id"])
 
 

@@ -143,6 +143,6 @@ def test_killed_mid_upload_and_mid_volume_then_resumed_makes_each_once(
         "images": [uploaded["image_id"]], "volumes": [volume], "servers": [server["id"]]}
     assert _mtimes(work) == early
 
-    cleaned = p2v("--json", "cloud", "cleanup", "--host", HOST, "--os-cloud", "rig",
+    cleaned = p2v("--json", "cloud", "cleanup", "--source-host", HOST, "--os-cloud", "rig",
                   env=rig.env)
     assert cleaned.returncode == 0, cleaned.stderr

@@ -3,13 +3,16 @@ on loopback ports.
 
 ```
  Keystone 30   uWSGI  keystone.wsgi.api    sqlite, fernet tokens, regions One and Two
- Glance 33     uWSGI  glance.wsgi.api      RegionOne: file store, glance-direct import
+ Glance 33     uWSGI  glance.wsgi.api      RegionOne: file store, glance-direct import converted
+                                           to raw (the image_conversion plugin)
  Glance 33     uWSGI  (second instance)    RegionTwo: image_size_cap 16 MiB (the HTTP 413)
  Cinder 29     one process (services/cinder_aio.py): API + scheduler + backends file-a (AZ
                "nova") and file-b (AZ "az2"), each a file-backed subclass of Cinder's own fake
                driver (services/cinder_file_driver.py); oslo.messaging transport fake:/
  Placement 16  uWSGI  placement.wsgi.api
- Neutron 29    uWSGI  neutron.wsgi.api     ML2, no agents (networks, ports, security groups)
+ Neutron 29    uWSGI  neutron.wsgi.api     ML2 with tags, no agents; a mechanism driver that
+                                           binds every port (services/neutron_rig_mech.py);
+                                           rig-net with rig-subnet 192.0.2.0/24
  Nova 34       one process (services/nova_aio.py): API + conductor + scheduler + compute with
                Nova's fake virt driver (services/nova_rig_driver.py); transport fake:/
 ```
@@ -25,7 +28,8 @@ venv/bin/TOOL`` so the renamed venv works although its scripts' shebangs name th
 directory. Each service runs in its own process group; :meth:`Rig.stop` kills them all.
 
 ``clouds.yaml`` (in the rig's directory; point ``OS_CLIENT_CONFIG_FILE`` at it) has
-``rig`` (admin, RegionOne), ``rig-small`` (RegionTwo, the capped Glance) and ``rig-badpass``.
+``rig`` (admin, RegionOne), ``rig-small`` (RegionTwo, the capped Glance), ``rig-regions``
+(both regions, RegionOne first) and ``rig-badpass``.
 """
 
 from __future__ import annotations
@@ -60,6 +64,10 @@ PYTHON = "/usr/bin/python3"
 PASSWORD = "rig-admin-secret"  # a throwaway password for a loopback-only test cloud
 SMALL_CAP = 16 << 20  # RegionTwo's Glance refuses images larger than this (HTTP 413)
 AZS = ("nova", "az2")
+SUBNET = "192.0.2.0/24"  # rig-net's subnet (TEST-NET-1)
+# Nova's threads share SQLite files: wait up to 60 s for a lock, not pysqlite's 5 s (a boot
+# next to a delete on a loaded machine failed with "database is locked")
+BUSY = "?timeout=60"
 
 
 def venv_path() -> Path:
@@ -147,6 +155,7 @@ class Rig:
         self.timings: dict[str, float] = {"venv_install": round(self.install_seconds, 1)}
         self.project_id = ""
         self.network_id = ""
+        self.subnet_id = ""
         # P2VIMAGE_RIG_DEBUG=1: the services log at debug level
         self.debug = "true" if os.environ.get("P2VIMAGE_RIG_DEBUG") else "false"
 
@@ -210,6 +219,10 @@ class Rig:
             }
             if cap:
                 default["image_size_cap"] = cap
+            else:  # RegionOne converts what it imports to raw, as Ceph-backed clouds do
+                (gl / "glance-image-import.conf").write_text(_ini({
+                    "image_import_opts": {"image_import_plugins": "['image_conversion']"},
+                    "image_conversion": {"output_format": "raw"}}))
             (gl / "glance-api.conf").write_text(_ini({
                 "DEFAULT": default,
                 "database": {"connection": f"sqlite:///{gl}/glance.db"},
@@ -217,6 +230,9 @@ class Rig:
                                  "config_file": self.venv / "etc/glance/glance-api-paste.ini"},
                 "keystone_authtoken": self._authtoken(),
                 "glance_store": {"default_backend": "fs"},
+                # the import plugins run qemu-img under a python -m oslo_concurrency.prlimit:
+                # this venv's python, not the one uWSGI reports as sys.executable
+                "wsgi": {"python_interpreter": self.python},
                 "fs": {"filesystem_store_datadir": gl / "images"},
                 "os_glance_staging_store": {"filesystem_store_datadir": gl / "staging"},
                 "os_glance_tasks_store": {"filesystem_store_datadir": gl / "tasks"},
@@ -271,7 +287,8 @@ class Rig:
         ne.mkdir(parents=True)
         (ne / "neutron.conf").write_text(_ini({
             "DEFAULT": {"log_file": self.logs / "neutron.log", "debug": self.debug,
-                        "core_plugin": "ml2", "service_plugins": "", "auth_strategy": "keystone",
+                        "core_plugin": "ml2", "service_plugins": "tag",
+                        "auth_strategy": "keystone",
                         "transport_url": "fake:/", "state_path": ne,
                         "api_paste_config": self.venv / "etc/neutron/api-paste.ini",
                         "rpc_workers": 0, "rpc_state_report_workers": 0,
@@ -279,14 +296,23 @@ class Rig:
                         "notify_nova_on_port_data_changes": "false"},
             "database": {"connection": f"sqlite:///{ne}/neutron.db"},
             "keystone_authtoken": self._authtoken(),
-            # No agents and no mechanism drivers: networks, security groups and port
-            # listings are real; binding a port would fail, so servers boot with no NIC.
+            # No agents: networks, subnets, ports, security groups and tags are real, and
+            # services/neutron_rig_mech.py binds every port as an agent's driver would (with
+            # no driver Nova fails the boot: PortBindingFailed), so servers boot with NICs.
             "ml2": {"type_drivers": "flat,vxlan", "tenant_network_types": "vxlan",
-                    "mechanism_drivers": "", "extension_drivers": "port_security"},
+                    "mechanism_drivers": "rig", "extension_drivers": "port_security"},
             "ml2_type_vxlan": {"vni_ranges": "1:1000"},
             "oslo_concurrency": {"lock_path": ne / "locks"},
         }))
         self._uwsgi_ini("neutron", "neutron.wsgi.api:application", 4)
+        # ML2 loads mechanism drivers by entry point only: a dist-info on Neutron's path
+        # names the rig's driver.
+        info = ne / "site" / "p2vimage_rig-0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: p2vimage-rig\n"
+                                       "Version: 0\n")
+        (info / "entry_points.txt").write_text(
+            "[neutron.ml2.mechanism_drivers]\nrig = neutron_rig_mech:RigMechanismDriver\n")
         nv = self.top / "nova"
         (nv / "state").mkdir(parents=True)
         (nv / "nova.conf").write_text(_ini({
@@ -297,8 +323,8 @@ class Rig:
                         "default_availability_zone": "nova", "concurrency_backend": "threading",
                         "instances_path": nv / "instances"},
             "api": {"auth_strategy": "keystone"},
-            "api_database": {"connection": f"sqlite:///{nv}/nova_api.db"},
-            "database": {"connection": f"sqlite:///{nv}/nova.db"},
+            "api_database": {"connection": f"sqlite:///{nv}/nova_api.db{BUSY}"},
+            "database": {"connection": f"sqlite:///{nv}/nova.db{BUSY}"},
             "wsgi": {"api_paste_config": self.venv / "etc/nova/api-paste.ini"},
             "keystone_authtoken": self._authtoken(),
             "placement": self._service_auth(),
@@ -321,7 +347,11 @@ class Rig:
                     "region_name": region, "identity_api_version": 3}
 
         clouds = {"rig": cloud("RegionOne", PASSWORD), "rig-small": cloud("RegionTwo", PASSWORD),
-                  "rig-badpass": cloud("RegionOne", "not-the-password")}
+                  "rig-badpass": cloud("RegionOne", "not-the-password"),
+                  "rig-regions": cloud("RegionOne", PASSWORD)}
+        # both regions, RegionOne first (the default); --os-region-name picks one
+        del clouds["rig-regions"]["region_name"]
+        clouds["rig-regions"]["regions"] = ["RegionOne", "RegionTwo"]
         # JSON is YAML: no YAML library needed in the test venv.
         self.clouds_yaml.write_text(json.dumps({"clouds": clouds}, indent=2))
 
@@ -365,9 +395,9 @@ class Rig:
         manage = [*self.tool("nova-manage"), "--config-file", str(nv / "nova.conf")]
         self._run("nova-manage", [*manage, "api_db", "sync"])
         self._run("nova-manage", [*manage, "cell_v2", "map_cell0", "--database_connection",
-                                  f"sqlite:///{nv}/nova_cell0.db"])
+                                  f"sqlite:///{nv}/nova_cell0.db{BUSY}"])
         self._run("nova-manage", [*manage, "cell_v2", "create_cell", "--name", "cell1",
-                                  "--database_connection", f"sqlite:///{nv}/nova.db",
+                                  "--database_connection", f"sqlite:///{nv}/nova.db{BUSY}",
                                   "--transport-url", "fake:/"])
         self._run("nova-manage", [*manage, "db", "sync"])
 
@@ -405,8 +435,9 @@ class Rig:
                     {"PYTHONPATH": str(SERVICES)})
         if self.nova:
             self._uwsgi("placement", {"OS_PLACEMENT_CONFIG_DIR": str(self.top / "placement")})
-            self._uwsgi("neutron", {"OS_NEUTRON_CONFIG_FILES": str(self.top /
-                                                                   "neutron/neutron.conf")})
+            self._uwsgi("neutron", {
+                "OS_NEUTRON_CONFIG_FILES": str(self.top / "neutron/neutron.conf"),
+                "PYTHONPATH": f"{SERVICES}:{self.top / 'neutron/site'}"})
         self.wait_http("keystone")
         self._register_catalog()
         if self.nova:  # its compute service reports to placement as it starts
@@ -539,6 +570,9 @@ class Rig:
                 "name": name, "ram": ram, "vcpus": 1, "disk": disk}})
         self.network_id = self.api("POST", self.url("neutron") + "/v2.0/networks", {
             "network": {"name": "rig-net"}})["network"]["id"]
+        self.subnet_id = self.api("POST", self.url("neutron") + "/v2.0/subnets", {
+            "subnet": {"name": "rig-subnet", "network_id": self.network_id, "ip_version": 4,
+                       "cidr": SUBNET, "enable_dhcp": False}})["subnet"]["id"]
 
     def download(self, url: str, dest: Path) -> Path:
         """GET ``url`` (with an admin token) into the file ``dest``."""

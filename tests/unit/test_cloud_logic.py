@@ -14,10 +14,11 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from p2vimage.cloud import cinder, cleanup, connect, glance, nova
+from p2vimage.cloud import cinder, cleanup, connect, glance, neutron, nova
 from p2vimage.cloud import upload as up
 from p2vimage.cloud import writevolume as blockdev
 from p2vimage.core.errors import InputError, PreconditionError, StageError
@@ -81,16 +82,22 @@ def test_upload_plan_lists_every_call() -> None:
                                host="legacy1", run="R3")
     calls = [c.api for c in glance.upload_plan(opts, {"os_distro": "debian"})]
     assert calls == ["local.trim", "local.run", "image.create_image", "image.upload",
-                     "image.wait_for_status", "image.get_image"]
+                     "image.wait_for_status", "image.get_image", "image.patch"]
     create = glance.upload_plan(opts, {"os_distro": "debian"})[2].args
     assert create["tags"] == ["p2vimage:host=legacy1", "p2vimage:run=R3"]
     assert create["os_distro"] == "debian" and create["container_format"] == "bare"
     imported = glance.UploadOptions(image=Path("/x/a.img"), cloud="c", name="a", host="a",
                                    run="R", use_import=True, trim=False, disk_format="raw",
                                    compression="none")
-    assert [c.api for c in glance.upload_plan(imported, {})] == [
+    plan = glance.upload_plan(imported, {})
+    assert [c.api for c in plan] == [
         "image.create_image", "image.stage_image", "image.import_image",
-        "image.wait_for_status", "image.get_image"]
+        "image.wait_for_status", "image.get_image", "image.patch"]
+    # a failed import puts the image back to queued: waiting for active would never end
+    assert plan[3].args["failures"] == ["killed", "deleted", "queued"]
+    assert set(plan[-1].args["add"]) == {"owner_specified.openstack.md5",
+                                         "owner_specified.openstack.sha256",
+                                         "owner_specified.openstack.object"}
 
 
 def test_qemu_img_argv_and_compression_checks() -> None:
@@ -158,6 +165,7 @@ def test_hashing_reader_sends_everything_in_large_blocks(tmp_path: Path) -> None
         assert reader.complete
     assert first + rest == data
     assert reader.md5.hexdigest() == hashlib.md5(data).hexdigest()
+    assert reader.sha256.hexdigest() == hashlib.sha256(data).hexdigest()
     assert reader.sha512.hexdigest() == hashlib.sha512(data).hexdigest()
 
 
@@ -299,7 +307,7 @@ VERBS = {
     "upload": ["upload", "{image}", "--name", "legacy1"],
     "volume": ["volume", "--image", "legacy1", "--az", "az2", "--run-id", "R9"],
     "boot": ["boot", "--volume", "v1", "--flavor", "m1", "--network", "none"],
-    "cloud cleanup": ["cloud", "cleanup", "--host", "legacy1", "--run-id", "R9"],
+    "cloud cleanup": ["cloud", "cleanup", "--source-host", "legacy1", "--run-id", "R9"],
 }
 
 
@@ -374,8 +382,11 @@ def test_dry_run_plans(tmp_path: Path) -> None:
                "--security-group", "web", "--dry-run", env=env)
     assert_one_line_error(proc, 2, "security groups need a network")
     assert [c.api for c in cleanup.cleanup_plan("h", None)] == [
-        "compute.servers", "compute.delete_server", "block_storage.volumes",
-        "block_storage.delete_volume", "image.images", "image.delete_image"]
+        "compute.servers", "compute.delete_server", "network.ports", "network.delete_port",
+        "block_storage.volumes", "block_storage.delete_volume", "image.images",
+        "image.delete_image"]
+    assert cleanup.cleanup_plan("h", "R1")[2].args == {
+        "tags": "p2vimage:host=h,p2vimage:run=R1"}
 
 
 @pytest.mark.parametrize(("content", "options", "words"), [
@@ -447,3 +458,211 @@ def test_write_volume_refusals(tmp_path: Path) -> None:
         blockdev.write_volume(image, Path("/dev/null"))
     proc = p2v("write-volume", image, tmp_path / "no/such/dir/t")
     assert_one_line_error(proc, 2, "does not exist")
+
+
+# -- the openstack CLI's dialect: regions, aliases, properties, tags, zones, ports ----------
+
+REGIONS = CLOUDS.replace("{port}", "9") + "    regions: [RegionOne, RegionTwo]\n"
+
+
+@pytest.fixture
+def regions_env(tmp_path: Path) -> dict[str, str]:
+    """Only a clouds.yaml whose cloud c1 has two regions (no OS_* settings besides)."""
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(REGIONS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    return env | {"OS_CLIENT_CONFIG_FILE": str(clouds), "OS_CLOUD": "c1"}
+
+
+def _dry(env: dict[str, str], *args: str | os.PathLike[str]) -> dict[str, Any]:
+    proc = p2v("--json", *args, "--dry-run", env=env)
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout))
+
+
+def test_every_cloud_verb_takes_the_region(regions_env: dict[str, str],
+                                           ext_image: Path) -> None:
+    """--os-region-name, else $OS_REGION_NAME (which openstacksdk's loader ignores for a
+    named cloud), else the cloud's first region; a region the cloud lacks is refused."""
+    verbs = [["upload", ext_image, "--name", "x"], ["volume", "--image", "x"],
+             ["boot", "--volume", "v", "--flavor", "f", "--network", "none"],
+             ["cloud", "cleanup", "--source-host", "x"]]
+    for verb in verbs:
+        assert _dry(regions_env, *verb)["region"] == "RegionOne", verb
+        assert _dry(regions_env, *verb, "--os-region-name", "RegionTwo")["region"] == \
+            "RegionTwo", verb
+        assert _dry(regions_env | {"OS_REGION_NAME": "RegionTwo"}, *verb)["region"] == \
+            "RegionTwo", verb
+        assert_one_line_error(p2v(*verb, "--os-region-name", "RegionNine", "--dry-run",
+                                  env=regions_env), 2, "has no region 'RegionNine'",
+                              "--os-region-name")
+
+
+def test_connections_retry_with_openstacksdks_own_settings(tmp_path: Path,
+                                                           regions_env: dict[str, str],
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    for key, value in regions_env.items():
+        monkeypatch.setenv(key, value)
+    _, settings = connect.cloud_region("c1")
+    assert settings.get_connect_retries("compute") == 4
+    assert settings.get_status_code_retries("network") == 4
+    assert settings.get_status_code_retries("image") == 5  # openstacksdk's own default
+    clouds = tmp_path / "own.yaml"
+    clouds.write_text(REGIONS + "    connect_retries: 1\n")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    assert connect.cloud_region("c1")[1].get_connect_retries("compute") == 1  # the cloud's
+
+
+def test_openstack_cli_option_names(regions_env: dict[str, str]) -> None:
+    calls = "\n".join(_dry(regions_env, "volume", "--image", "x", "--availability-zone",
+                           "az2", "--type", "fast")["calls"])
+    assert "availability_zone='az2'" in calls and "volume_type='fast'" in calls
+    calls = "\n".join(_dry(regions_env, "boot", "--volume", "v", "--flavor", "f",
+                           "--network", "none", "--key-name", "ops", "--availability-zone",
+                           "nova:node7")["calls"])
+    assert "key_name='ops'" in calls and "availability_zone='nova:node7'" in calls
+    assert "compute.availability_zones()" in calls  # the zone part is checked
+
+
+def test_zone_host_and_node_forms() -> None:
+    for az in ("nova", "nova:node7", "nova:node7:node7.example", "nova::node7.example"):
+        assert nova.zone_of(az) == "nova"
+    for az in (":node7", "nova:", "nova::", "nova:a:b:c", ""):
+        with pytest.raises(InputError, match="is not ZONE, ZONE:HOST"):
+            nova.zone_of(az)
+
+
+def test_properties_and_tags(regions_env: dict[str, str], ext_image: Path) -> None:
+    assert glance.user_properties(("hw_vif_model=e1000", "note=a=b", " k = v")) == {
+        "hw_vif_model": "e1000", "note": "a=b", "k": " v"}
+    opts = glance.UploadOptions(image=ext_image, cloud="c", name="n", host="h", run="R",
+                                properties=("hw_vif_model=e1000",), tags=("legacy", "legacy",
+                                                                          "wave3"))
+    props = {"hw_vif_model": "virtio", **glance.user_properties(opts.properties)}
+    attrs = glance.image_attrs(opts, props)
+    assert attrs["hw_vif_model"] == "e1000"  # the operator's value over the guest's
+    assert attrs["tags"] == ["p2vimage:host=h", "p2vimage:run=R", "legacy", "wave3"]
+    for bad, words in (("novalue", "is not KEY=VALUE"), ("=x", "is not KEY=VALUE"),
+                       ("name=x", "Glance's own attributes"),
+                       ("disk_format=raw", "Glance's own attributes"),
+                       ("os_glance_import_task=1", "set by Glance or by upload"),
+                       ("owner_specified.openstack.md5=0", "set by Glance or by upload")):
+        assert_one_line_error(p2v("upload", ext_image, "--name", "x", "--property", bad,
+                                  "--dry-run", env=regions_env), 2, *words)
+    for bad, words in (("", "empty"), ("p2vimage:host=other", "p2vimage's own marks")):
+        assert_one_line_error(p2v("upload", ext_image, "--name", "x", "--tag", bad,
+                                  "--dry-run", env=regions_env), 2, *words)
+    report = _dry(regions_env, "upload", ext_image, "--name", "x", "--property",
+                  "hw_qemu_guest_agent=yes", "--tag", "legacy", "--run-id", "R1")
+    create = next(c for c in report["calls"] if c.startswith("image.create_image("))
+    assert "hw_qemu_guest_agent='yes'" in create
+    assert "tags=['p2vimage:host=legacy1', 'p2vimage:run=R1', 'legacy']" in create
+
+
+def test_owner_specified_properties_are_openstacksdks(tmp_path: Path) -> None:
+    """The keys and values openstacksdk's create_image sets and compares, for the hashes the
+    upload stream computes."""
+    from openstack import utils
+    from openstack.image.v2._proxy import Proxy
+
+    path = tmp_path / "blob.qcow2"
+    path.write_bytes(os.urandom(2 * MiB + 5))
+    with up.HashingReader(path) as reader:
+        while reader.read(8192):
+            pass
+    props = glance.owner_props("legacy1", reader.md5.hexdigest(), reader.sha256.hexdigest())
+    md5, sha256 = utils._get_file_hashes(str(path))
+    assert props == {Proxy._IMAGE_MD5_KEY: md5, Proxy._IMAGE_SHA256_KEY: sha256,
+                     Proxy._IMAGE_OBJECT_KEY: "images/legacy1"}
+    assert utils._hashes_up_to_date(md5, sha256, props[Proxy._IMAGE_MD5_KEY],
+                                    props[Proxy._IMAGE_SHA256_KEY])
+
+
+def test_source_host_and_the_deprecated_host(regions_env: dict[str, str]) -> None:
+    calls = _dry(regions_env, "volume", "--image", "x", "--source-host", "web1",
+                 "--run-id", "R1")["calls"]
+    assert any("name='p2vimage-web1-R1'" in c for c in calls)
+    old = p2v("--json", "volume", "--image", "x", "--host", "web1", "--run-id", "R1",
+              "--dry-run", env=regions_env)
+    assert old.returncode == 0 and "--host is deprecated, use --source-host" in old.stderr
+    assert any("name='p2vimage-web1-R1'" in c for c in json.loads(old.stdout)["calls"])
+    assert_one_line_error(p2v("volume", "--image", "x", "--host", "a", "--source-host", "b",
+                              "--dry-run", env=regions_env), 2, "differ")
+    # boot: the openstack CLI's --host is a compute host; never take it for the mark
+    assert_one_line_error(p2v("boot", "--volume", "v", "--flavor", "f", "--network", "none",
+                              "--host", "compute7", "--dry-run", env=regions_env), 2,
+                          "boot takes no --host", "--availability-zone ZONE:HOST")
+    assert_one_line_error(p2v("cloud", "cleanup", "--dry-run", env=regions_env), 2,
+                          "--source-host")
+    dry = _dry(regions_env, "cloud", "cleanup", "--host", "web1")
+    assert dry["host"] == "web1"
+
+
+BOOT = ("boot", "--volume", "v", "--flavor", "f", "--run-id", "R1", "--source-host", "web1")
+
+
+def test_boot_plans_the_port_that_keeps_the_legacy_address(
+        regions_env: dict[str, str]) -> None:
+    calls = _dry(regions_env, *BOOT, "--network", "tenant", "--fixed-ip", "10.0.0.15",
+                 "--subnet", "tenant-v4", "--allowed-address", "203.0.113.7",
+                 "--allowed-address", "198.51.100.0/28", "--mac-address",
+                 "52:54:00:AB:CD:EF", "--security-group", "web")["calls"]
+    apis = [c.split("(")[0] for c in calls]
+    assert apis.index("network.create_port") < apis.index("network.set_tags") < \
+        apis.index("compute.create_server")
+    port = calls[apis.index("network.create_port")]
+    assert "fixed_ips=[{'ip_address': '10.0.0.15', 'subnet_id': '<id of tenant-v4>'}]" in port
+    assert ("allowed_address_pairs=[{'ip_address': '203.0.113.7'}, "
+            "{'ip_address': '198.51.100.0/28'}]") in port
+    assert "mac_address='52:54:00:ab:cd:ef'" in port
+    assert "security_groups=['<id of web>']" in port and "name='p2vimage-web1-R1'" in port
+    assert "tags=['p2vimage:host=web1', 'p2vimage:run=R1']" in \
+        calls[apis.index("network.set_tags")]
+    server = calls[apis.index("compute.create_server")]
+    assert "networks=[{'port': '<new port id>'}]" in server
+    assert "security_groups" not in server  # they are the port's
+    calls = _dry(regions_env, *BOOT, "--port", "legacy-port")["calls"]
+    assert "network.find_port(name_or_id='legacy-port')" in calls
+    assert not any(c.startswith("network.create_port") for c in calls)
+    assert any("networks=[{'port': '<id of legacy-port>'}]" in c
+               for c in calls)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("--network", "none", "--fixed-ip", "10.0.0.15"), ("needs a network",)),
+    ((), ("no NIC given", "--port")),
+    (("--port", "p", "--fixed-ip", "10.0.0.15"), ("existing port as it is",)),
+    (("--port", "p", "--network", "n"), ("both name the NIC",)),
+    (("--port", "p", "--security-group", "web"), ("does not apply to an existing --port",)),
+    (("--network", "n", "--fixed-ip", "10.0.0.300"), ("is not an IP address",)),
+    (("--network", "n", "--allowed-address", "203.0.113.7/24"),
+     ("not an address or network", "203.0.113.0/24")),
+    (("--network", "n", "--allowed-address", "nope"), ("not an address or network",)),
+    (("--network", "n", "--mac-address", "01:00:5e:00:00:01"), ("not a unicast MAC",)),
+    (("--network", "n", "--mac-address", "52:54:00:12:34"), ("not a unicast MAC",)),
+    (("--network", "n", "--availability-zone", "nova:"), ("is not ZONE, ZONE:HOST",)),
+], ids=["port without network", "no nic", "port and fixed ip", "port and network",
+        "port and security group", "bad fixed ip", "host bits", "bad allowed", "multicast mac",
+        "short mac", "zone without host"])
+def test_boot_refuses_ports_that_cannot_be(regions_env: dict[str, str],
+                                          args: tuple[str, ...], words: tuple[str, ...]) -> None:
+    for dry in (("--dry-run",), ()):  # refused alike, before connecting
+        assert_one_line_error(p2v(*BOOT, *args, *dry, env=regions_env), 2, *words)
+
+
+def test_port_request_from_the_options() -> None:
+    opts = neutron.PortOptions(fixed_ips=("10.0.0.15", "2001:db8::0015"),
+                               allowed_addresses=("203.0.113.7",),
+                               mac_address="52-54-00-12-34-56")
+    assert neutron.port_request(opts, "NET", None, [], "web1", "R1") == {
+        "network_id": "NET", "name": "p2vimage-web1-R1",
+        "description": "p2vimage: web1, run R1",
+        "fixed_ips": [{"ip_address": "10.0.0.15"}, {"ip_address": "2001:db8::15"}],
+        "allowed_address_pairs": [{"ip_address": "203.0.113.7"}],
+        "mac_address": "52:54:00:12:34:56"}
+    only_subnet = neutron.PortOptions(subnet="tenant-v4")
+    assert neutron.port_request(only_subnet, "NET", "SUB", ["SG"], "h", "R")["fixed_ips"] == [
+        {"subnet_id": "SUB"}]
+    assert nova.server_request(_boot_opts(network="n", security_groups=("web",)), "VOL", "F",
+                               "NET", "h", "PORT")["networks"] == [{"port": "PORT"}]

@@ -25,7 +25,8 @@ def commands() -> Iterator[tuple[tuple[str, ...], click.Command]]:
 
 
 def long_options(cmd: click.Command) -> list[str]:
-    return [o for p in cmd.params if isinstance(p, click.Option)
+    """The long options a user is shown (hidden, deprecated aliases are not documented)."""
+    return [o for p in cmd.params if isinstance(p, click.Option) and not p.hidden
             for o in (*p.opts, *p.secondary_opts) if o.startswith("--")]
 
 

@@ -33,7 +33,7 @@ def failing_calls(tmp: Path) -> dict[str, tuple[list[str], int]]:
         "boot": (["boot", "--volume", "v", "--flavor", "f", "--network", "none",
                   "--os-cloud", "nope", "--dry-run"], 2),
         "write-volume": (["write-volume", NOWHERE, "/dev/null"], 2),
-        "cloud cleanup": (["cloud", "cleanup", "--host", "h", "--os-cloud", "nope",
+        "cloud cleanup": (["cloud", "cleanup", "--source-host", "h", "--os-cloud", "nope",
                            "--dry-run"], 2),
         "cutover plan": (["cutover", "plan", NOWHERE + ".toml"], 2),
         "cutover status": (["cutover", "status", NOWHERE + ".toml"], 2),
