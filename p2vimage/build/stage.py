@@ -174,6 +174,8 @@ def _populate(opts: BuildOptions, profile: fsprofile.FsProfile, scan: TreeScan,
                 bar.update(max(0, min(done, scan.data_bytes) - bar.n))
                 with contextlib.suppress(runmod.TimeoutExpired):
                     proc.wait(timeout=0.2)
+            if proc.returncode == 0:  # all written: the last line says so
+                bar.update(scan.data_bytes - bar.n)
         _, err = proc.communicate()
     finally:
         if proc.poll() is None:  # interrupted: never leave mke2fs writing

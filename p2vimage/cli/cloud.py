@@ -21,6 +21,27 @@ from p2vimage.cloud import writevolume as blockdev
 from p2vimage.core.errors import InputError
 from p2vimage.core.log import log
 
+# What each verb's -c may name (its report's fields; id is the resource it made).
+UPLOAD_FIELDS = (
+    "image_id", "name", "status", "disk_format", "container_format", "visibility",
+    "file_size", "bytes_sent", "hash_verified", "properties", "tags", "stored_format",
+    "converted_to", "compression", "trim", "raw_size", "raw_allocated", "cloud",
+    "region", "dry_run", "calls",
+)
+VOLUME_FIELDS = (
+    "volume_id", "name", "status", "size_gb", "availability_zone", "bootable",
+    "image_id", "host", "run", "cloud", "region", "seconds", "dry_run", "calls",
+)
+BOOT_FIELDS = (
+    "server_id", "name", "status", "volume_id", "addresses", "availability_zone",
+    "compute_host", "console_url", "port", "allowed_address_pairs", "host", "run",
+    "cloud", "region", "seconds", "dry_run", "calls",
+)
+CLEANUP_FIELDS = (
+    "found", "servers", "ports", "volumes", "images", "host", "run", "cloud", "region",
+    "skipped_services", "dry_run", "calls",
+)
+
 
 def _cloud_option(f: click.decorators.FC) -> click.decorators.FC:
     f = click.option("--os-region-name", "os_region", envvar="OS_REGION_NAME",
@@ -74,10 +95,11 @@ def _dry_run(f: click.decorators.FC) -> click.decorators.FC:
 
 def register(group: click.Group) -> None:
     """Add the cloud verbs to GROUP."""
-    from p2vimage.cli.options import Settings
+    from p2vimage.cli.options import Settings, format_options
     from p2vimage.cli.options import emit as _emit
 
     @group.command("upload")
+    @format_options("image_id", UPLOAD_FIELDS)
     @click.argument("image", type=click.Path(path_type=Path))
     @_cloud_option
     @click.option("--name", required=True, help="The Glance image name.")
@@ -125,6 +147,7 @@ def register(group: click.Group) -> None:
         _emit(settings, report, glance.upload_lines(report))
 
     @group.command("volume")
+    @format_options("volume_id", VOLUME_FIELDS)
     @click.option("--image", required=True, metavar="ID|NAME", help="The Glance image.")
     @click.option("--availability-zone", "--az", "az", metavar="ZONE",
                   help="The volume availability zone (the node's).")
@@ -152,6 +175,7 @@ def register(group: click.Group) -> None:
         _emit(settings, report, cinder.volume_lines(report))
 
     @group.command("boot")
+    @format_options("server_id", BOOT_FIELDS)
     @click.option("--volume", required=True, metavar="ID|NAME", help="The boot volume.")
     @click.option("--flavor", required=True, metavar="ID|NAME")
     @click.option("--key-name", "--key", "key", metavar="NAME", help="Nova key pair.")
@@ -225,6 +249,7 @@ def register(group: click.Group) -> None:
         """Cloud housekeeping."""
 
     @cloud_group.command("cleanup")
+    @format_options(None, CLEANUP_FIELDS)
     @_marked_host
     @click.option("--run-id", "run_id", metavar="ID", help="Only what one run made.")
     @_cloud_option

@@ -15,7 +15,7 @@ import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -31,6 +31,8 @@ from p2vimage.core.errors import P2VError
 from p2vimage.core.units import parse_size
 from p2vimage.smoke.options import Phase, Probe, SmokeSettings, parse_probe, parse_timeout
 from p2vimage.sync.stage import SourceAccess
+
+FC = TypeVar("FC", bound=Callable[..., Any])
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -53,9 +55,70 @@ def as_json(data: dict[str, Any]) -> str:
                       default=str)
 
 
+FORMATS = ("json", "value", "table")
+_FORMAT_KEY = "p2vimage.format"
+
+
+def format_options(primary: str | None, fields: tuple[str, ...]) -> Callable[[FC], FC]:
+    """``-f json|value|table`` and ``-c FIELD`` as the openstack CLI has them, so
+    ``ID=$(p2vimage upload … -f value -c id)`` works. ``id`` is the ``primary`` field; a
+    column that is not one of ``fields`` is a usage error before anything runs."""
+    known = ("id", *fields) if primary else fields
+
+    def decorate(f: FC) -> FC:
+        @functools.wraps(f)
+        def verb(*args: Any, output_format: str | None, columns: tuple[str, ...],
+                 **kwargs: Any) -> Any:
+            unknown = [c for c in columns if c not in known]
+            if unknown:
+                raise click.UsageError(f"no column {unknown[0]!r}: the fields are "
+                                       f"{', '.join(known)}")
+            click.get_current_context().meta[_FORMAT_KEY] = (output_format, columns, primary)
+            return f(*args, **kwargs)
+
+        verb = click.option("-c", "--column", "columns", multiple=True, metavar="FIELD",
+                            help=f"Only this field (repeatable): {', '.join(known)}.")(verb)
+        return click.option("-f", "--format", "output_format", type=click.Choice(FORMATS),
+                            help="Print the result as json, value (one per line: "
+                            "ID=$(… -f value -c id)) or a table.")(verb)  # type: ignore[return-value]
+
+    return decorate
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    return "" if value is None else json.dumps(value, sort_keys=True, default=str)
+
+
+def formatted(data: dict[str, Any], fmt: str, columns: tuple[str, ...],
+              primary: str | None) -> str:
+    """``data`` as ``-f FMT -c COLUMN…`` prints it."""
+    full = {"id": data.get(primary), **data} if primary else dict(data)
+    chosen = {c: full.get(c) for c in columns} if columns else full
+    if fmt == "json":
+        return as_json(chosen)
+    if fmt == "value":
+        return "\n".join(_cell(v) for v in chosen.values())
+    rows = [("Field", "Value"), *((k, _cell(v)) for k, v in chosen.items())]
+    wide = [max(len(r[i]) for r in rows) for i in (0, 1)]
+    rule = f"+-{'-' * wide[0]}-+-{'-' * wide[1]}-+"
+    lines = [f"| {a:<{wide[0]}} | {b:<{wide[1]}} |" for a, b in rows]
+    return "\n".join([rule, lines[0], rule, *lines[1:], rule])
+
+
 def emit(settings: Settings, data: dict[str, Any], human_lines: list[str]) -> None:
-    """Print a result: JSON on stdout under --json, else the human lines."""
-    if settings.json:
+    """Print a result: as ``-f``/``-c`` ask where the verb has them, JSON on stdout under
+    --json, else the human lines."""
+    ctx = click.get_current_context(silent=True)
+    fmt, columns, primary = ctx.meta.get(_FORMAT_KEY, (None, (), None)) if ctx else (
+        None, (), None)
+    if fmt or columns:
+        click.echo(formatted(data, fmt or ("json" if settings.json else "value"), columns,
+                             primary))
+    elif settings.json:
         click.echo(as_json(data))
     else:
         for line in human_lines:

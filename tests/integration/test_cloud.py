@@ -541,3 +541,21 @@ def test_write_volume_refuses_small_or_mounted_devices(tmp_path: Path) -> None:
             assert_one_line_error(p2v("write-volume", image, dev), 3, "mounted")
         finally:
             subprocess.run(["umount", mnt], check=True)
+
+
+def test_ids_in_the_openstack_clis_dialect(cloud_rig: Rig, small_image: Path) -> None:
+    """ID=$(p2vimage upload … -f value -c id) works as with the openstack CLI, and -f
+    json/table print the same fields."""
+    argv = ("upload", small_image, "--os-cloud", "rig", "--source-host", "format-test",
+            "--name", "format-test")
+    proc = p2v(*argv, "-f", "value", "-c", "id", env=cloud_rig.env)
+    assert proc.returncode == 0, proc.stderr
+    image_id = proc.stdout.strip()
+    record = cloud_rig.api("GET", f"{cloud_rig.url('glance')}/v2/images/{image_id}")
+    assert record["name"] == "format-test" and record["status"] == "active"
+    dry = p2v("volume", "--image", image_id, "--os-cloud", "rig", "--dry-run", "-f", "json",
+              "-c", "image_id", "-c", "name", env=cloud_rig.env)
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["schema_version"] == 1
+    assert set(json.loads(dry.stdout)) == {"schema_version", "image_id", "name"}
+    _cli(cloud_rig, "cloud", "cleanup", "--source-host", "format-test", "--os-cloud", "rig")

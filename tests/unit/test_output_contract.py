@@ -83,9 +83,39 @@ def test_quiet_and_progress_lines(tmp_path: Path) -> None:
     assert loud.returncode == 0, loud.stderr
     lines = [line for line in loud.stderr.splitlines() if " populate: " in line]
     assert lines and all(line[:4].isdigit() and line[10] == "T" for line in lines), loud.stderr
-    assert "%" in lines[-1]
+    assert "100%" in lines[-1]
     quiet = p2v("build", tree, "-o", tmp_path / "b.img", "-q", env=env)
     assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
     assert quiet.stdout.startswith("image: ")
     both = p2v("-q", "-v", "doctor", "--verb", "build")
     assert_one_line_error(both, 2, "-q")
+
+
+def test_openstack_style_formats() -> None:
+    from p2vimage.cli.options import formatted
+
+    data = {"image_id": "abc", "name": "ns1", "tags": ["a", "b"], "size": 3, "none": None}
+    assert formatted(data, "value", ("id",), "image_id") == "abc"
+    assert formatted(data, "value", ("name", "tags", "size"), "image_id") == "ns1\na,b\n3"
+    assert json.loads(formatted(data, "json", ("id", "name"), "image_id")) == {
+        "schema_version": 1, "id": "abc", "name": "ns1"}
+    table = formatted(data, "table", ("id", "name"), "image_id").splitlines()
+    assert table[1] == "| Field | Value |" and table[3] == "| id    | abc   |"
+    assert len({len(line) for line in table}) == 1
+
+
+def test_format_options_on_the_cloud_verbs(tmp_path: Path) -> None:
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text("clouds:\n  lab:\n    auth:\n      auth_url: http://127.0.0.1:9/v3\n"
+                      "      username: u\n      password: p\n      project_name: x\n")
+    env = {**os.environ, "OS_CLIENT_CONFIG_FILE": str(clouds)}
+    ok = p2v("volume", "--image", "web1-img", "--os-cloud", "lab", "--dry-run", "-f", "json",
+             "-c", "name", "-c", "image_id", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert set(json.loads(ok.stdout)) == {"schema_version", "name", "image_id"}
+    for verb in (["upload", NOWHERE, "--name", "x"], ["volume", "--image", "x"],
+                 ["boot", "--volume", "v", "--flavor", "f", "--network", "none"],
+                 ["cloud", "cleanup", "--source-host", "h"]):
+        bad = p2v(*verb, "--os-cloud", "lab", "--dry-run", "-f", "value", "-c", "nope",
+                  env=env)
+        assert_one_line_error(bad, 2, "no column 'nope'")
