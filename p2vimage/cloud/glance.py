@@ -28,6 +28,7 @@ from p2vimage.cloud.connect import (
 )
 from p2vimage.core.errors import P2VError, PreconditionError, StageError
 from p2vimage.core.log import log, step
+from p2vimage.guest import record as guestrecord
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,8 @@ def upload(opts: UploadOptions) -> dict[str, Any]:
     PreconditionError or StageError (see the module docstring).
     """
     up.check_compression(opts.disk_format, opts.compression)
-    props = up.image_props(opts.image).properties()
+    up.check_raw(opts.image)
+    props = guestrecord.for_image(opts.image).glance_properties()
     if opts.dry_run:
         label, _ = cloud_region(opts.cloud)
         return {"dry_run": True, "cloud": label, "properties": props,

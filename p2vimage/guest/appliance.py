@@ -116,17 +116,9 @@ class Guest:
         return dict(self.g.list_filesystems())
 
     def inspect_roots(self) -> list[str]:
-        """The root filesystems of the operating systems libguestfs finds."""
+        """The root filesystems of the operating systems libguestfs finds (only to know which
+        filesystem is the root: what the guest is comes from its files, guest/record.py)."""
         return list(self.g.inspect_os())
-
-    def inspect(self, root: str) -> dict[str, str]:
-        """distro, version, arch, product name of the OS on ``root``."""
-        g = self.g
-        return {"distro": g.inspect_get_distro(root),
-                "version": f"{g.inspect_get_major_version(root)}."
-                           f"{g.inspect_get_minor_version(root)}",
-                "arch": g.inspect_get_arch(root),
-                "product": g.inspect_get_product_name(root)}
 
     def mount_root(self, device: str, writable: bool = False) -> None:
         """Mount ``device`` at /: read-only until ``writable`` (a refused image stays as is)."""
