@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from p2vimage.guest.facts import parse_version
-from p2vimage.guest.record import from_tree as inspect_tree
+from p2vimage.guest.record import from_tree
 
 DPKG_STATUS = """\
 Package: e2fsprogs
@@ -50,7 +50,7 @@ def test_lenny_tree(tmp_path: Path) -> None:
         "boot/grub/menu.lst": "default 0\n",
         "etc/debian_version": "5.0.10\n",
     })
-    facts = inspect_tree(root)
+    facts = from_tree(root)
     assert [k.image for k in facts.kernels] == ["/boot/vmlinuz-2.6.18-6-686",
                                                 "/boot/vmlinuz-2.6.26-2-vserver-686-bigmem"]
     assert [k.initrd for k in facts.kernels] == [
@@ -69,7 +69,7 @@ def test_e2fsprogs_from_binary_without_package_database(tmp_path: Path) -> None:
         "boot/grub/menu.lst": "default=0\n",
         "etc/redhat-release": "CentOS release 6.10 (Final)\n",
     })
-    facts = inspect_tree(root)
+    facts = from_tree(root)
     assert facts.e2fsprogs_version == (1, 41, 12)
     assert facts.bootloader == "grub-legacy"
     assert [k.numbers for k in facts.kernels] == [(2, 6, 32)]
@@ -85,7 +85,7 @@ def test_grub2_guest(tmp_path: Path) -> None:
         "etc/os-release": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\n'
                           'VERSION_ID="12"\n',
     })
-    facts = inspect_tree(root)
+    facts = from_tree(root)
     assert facts.bootloader == "grub2"
     assert facts.grub_version == (2, 6)
     assert facts.product == "Debian GNU/Linux 12 (bookworm)"
@@ -94,7 +94,7 @@ def test_grub2_guest(tmp_path: Path) -> None:
 
 
 def test_empty_tree(tmp_path: Path) -> None:
-    facts = inspect_tree(tmp_path)
+    facts = from_tree(tmp_path)
     assert facts.kernels == ()
     assert facts.bootloader == "none"
     assert facts.oldest_kernel is None
