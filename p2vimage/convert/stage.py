@@ -49,6 +49,8 @@ from p2vimage.disk import state as imagestate
 from p2vimage.guest import facts as guestfacts
 from p2vimage.guest import record as guestrecord
 from p2vimage.guest.appliance import Guest, launches
+from p2vimage.guest.files import LocalFiles
+from p2vimage.guest.record import GuestRecord
 from p2vimage.host import accel as accelmod
 from p2vimage.host import run as runmod
 
@@ -141,7 +143,7 @@ def choose_target(info: Inspection, view: Guest, opts: ConvertOptions,
                   disable_hardware=settings.disable_hardware, mbr_bin=mbr_bin)
 
 
-def _inspect(guest: Guest, opts: ConvertOptions) -> Inspection:
+def _inspect(guest: Guest, opts: ConvertOptions, listing: Callable[[str], str]) -> Inspection:
     roots = guest.inspect_roots()
     if not roots and not any(t not in ("unknown", "swap", "")
                              for t in guest.filesystems().values()):
@@ -157,7 +159,7 @@ def _inspect(guest: Guest, opts: ConvertOptions) -> Inspection:
     guest.mount_root(root)
     sector0 = guest.sector0()
     parts = mbr.partitions(sector0)
-    info = Inspection(guestrecord.read(guest, _guest_listing(guest)), guest.uuid(root),
+    info = Inspection(guestrecord.read(guest, listing), guest.uuid(root),
                       guest.fstype(root), sector0[:440], bool(parts) and parts[0].bootable,
                       guest.boot_sector(root))
     if not info.record.kernels:
@@ -236,15 +238,40 @@ def _still_missing(info: Inspection, versions: tuple[str, ...],
     return still
 
 
-def _rebuild_in_chroot(image: Path, info: Inspection, action: InitramfsRebuild) -> list[str]:
-    """Rebuild in a host chroot of the image, then re-list (one mount for both)."""
+def _rebuild_in_chroot(image: Path, info: Inspection, action: InitramfsRebuild,
+                       listings: _Listings) -> tuple[list[str], GuestRecord]:
+    """Rebuild in a host chroot of the image, then list the initrds again and read the
+    converted guest's record (one mount for all)."""
     with loopmount.mounted(image, pseudo=True) as root:
         for version in action.versions:
             runmod.run(["chroot", str(root), *_rebuild_argv(action.tool, version)],
                        timeout=1800, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
                        what=f"{action.tool} in a chroot of {image}")
-        return _still_missing(info, action.versions,
-                              lambda p: guestfacts.list_initrd(root / p.lstrip("/")))
+        listings.forget()
+        listing = listings.via(lambda p: guestfacts.list_initrd(root / p.lstrip("/")))
+        return (_still_missing(info, action.versions, listing),
+                guestrecord.read(LocalFiles(root), listing))
+
+
+class _Listings:
+    """Initrd listings by guest path: each initrd is listed once (downloading it from the
+    appliance costs seconds) until a rebuild makes them all stale."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, str] = {}
+
+    def via(self, lister: Callable[[str], str]) -> Callable[[str], str]:
+        """A listing that lists with ``lister`` what is not known yet."""
+        def listing(path: str) -> str:
+            if path not in self.known:
+                self.known[path] = lister(path)
+            return self.known[path]
+
+        return listing
+
+    def forget(self) -> None:
+        """After a rebuild: list again."""
+        self.known.clear()
 
 
 def _guest_listing(guest: Guest) -> Callable[[str], str]:
@@ -266,11 +293,13 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
     launches_before = launches()
     deferred: InitramfsRebuild | None = None
     missing: list[str] = []
+    listings = _Listings()
+    converted: GuestRecord | None = None  # the converted guest's (extlinux installed, …)
     with step(f"Opening {opts.image} in libguestfs ({chosen.describe()})"), \
             Guest(opts.image, chosen, readonly=opts.dry_run) as guest:
         timings["launch"] = round(time.monotonic() - started, 2)
         with step("Inspecting the guest"):
-            info = _inspect(guest, opts)
+            info = _inspect(guest, opts, listings.via(_guest_listing(guest)))
             target = choose_target(info, guest, opts, mbr_bin)
         timings["inspect"] = round(time.monotonic() - started - timings["launch"], 2)
         results: list[Result] = [fixup.plan(guest, info, target) for fixup in fixups.ALL]
@@ -292,7 +321,12 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
                     _run_action(guest, action, target)
                     timings[action.name] = round(time.monotonic() - t0, 2)
                 if isinstance(action, InitramfsRebuild):
-                    missing = _still_missing(info, action.versions, _guest_listing(guest))
+                    listings.forget()
+                    missing = _still_missing(info, action.versions,
+                                             listings.via(_guest_listing(guest)))
+            if deferred is None:  # else read in the chroot's mount, after the rebuild
+                with step("Reading the converted guest's record"):
+                    converted = guestrecord.read(guest, listings.via(_guest_listing(guest)))
     initramfs_report: dict[str, Any] | None = None
     for action in actions:
         if isinstance(action, InitramfsRebuild) and not opts.dry_run:
@@ -300,7 +334,8 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
             if deferred:
                 with step(f"{action.detail} in a host chroot"):
                     t0 = time.monotonic()
-                    missing = _rebuild_in_chroot(opts.image, info, action)
+                    missing, converted = _rebuild_in_chroot(opts.image, info, action,
+                                                            listings)
                     timings[action.name] = round(time.monotonic() - t0, 2)
             if missing:
                 raise StageError(f"the rebuilt initrd still lacks {', '.join(missing)}",
@@ -308,13 +343,9 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
             initramfs_report = {"method": method.value, "seconds": timings[action.name],
                                 "kernels": list(action.versions)}
     timings["total"] = round(time.monotonic() - started, 2)
-    record = info.record  # kept as the converted image's: its rebuilt initrds lack nothing
-    if initramfs_report is not None and record.missing_virtio is not None:
-        record = dataclasses.replace(record, missing_virtio={
-            **record.missing_virtio, **{v: () for v in initramfs_report["kernels"]}})
     if not opts.dry_run:  # what build --refresh re-runs when the fixups' inputs change
         imagestate.update(opts.image, convert=plain(opts.settings),
-                          **guestrecord.state_fields(opts.image, record))
+                          **guestrecord.state_fields(opts.image, converted or info.record))
     return report(opts, info, target, results, timings, launches() - launches_before,
                   chosen, initramfs_report)
 
