@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 
 from p2vimage.core.errors import InputError
-from p2vimage.guest.facts import GuestFacts, Version, fmt
+from p2vimage.guest.facts import Version, fmt
+from p2vimage.guest.record import GuestRecord
 
 EXT3_FEATURES = ("has_journal", "ext_attr", "resize_inode", "dir_index", "filetype",
                  "sparse_super", "large_file")
@@ -53,7 +54,7 @@ def _at_least(version: Version | None, minimum: Version) -> bool:
     return version is not None and version >= minimum
 
 
-def choose(facts: GuestFacts, fstype: str | None = None,
+def choose(facts: GuestRecord, fstype: str | None = None,
            features: str | None = None) -> FsProfile:
     """The profile for ``facts``; ``fstype``/``features`` (``--fs``/``--fs-features``) override.
 

@@ -27,6 +27,7 @@ from p2vimage.core.units import human
 from p2vimage.disk import e2fs, mbr
 from p2vimage.disk import state as imagestate
 from p2vimage.guest import facts as guestfacts
+from p2vimage.guest import record as guestrecord
 from p2vimage.host import run as runmod
 from p2vimage.sync import stage as syncmod
 
@@ -351,13 +352,13 @@ def build(opts: BuildOptions) -> dict[str, object]:
     synced = len(syncmod.passes(opts.source, opts.sync_workdir))  # before the tree is read
     started = time.monotonic()
     with step(f"Scanning {opts.source}"):
-        facts = guestfacts.inspect_tree(opts.source)
+        guest = guestrecord.from_tree(opts.source)
         scan = scan_tree(opts.source)
     if scan.unreadable:
         more = f" and {len(scan.unreadable) - 1} more" if len(scan.unreadable) > 1 else ""
         raise InputError(f"cannot read {scan.unreadable[0]}{more} in {opts.source}",
                          hint="run as root or fix the permissions; nothing was written")
-    profile = fsprofile.choose(facts, opts.settings.fstype, opts.settings.fs_features)
+    profile = fsprofile.choose(guest, opts.settings.fstype, opts.settings.fs_features)
     need = minimum_size(scan, profile) + PART_OFFSET
     size = opts.settings.size if opts.settings.size is not None else min(
         default_size(scan, profile, opts.headroom), max(MAX_SIZE, need))
@@ -373,9 +374,10 @@ def build(opts: BuildOptions) -> dict[str, object]:
             f"not enough space in {opts.output.parent}: the image needs about "
             f"{scan.data_bytes // MiB} MiB, {free.f_bavail * free.f_frsize // MiB} MiB free",
             hint="free space there or choose another -o path")
-    log.info("guest: %s; kernels %s; bootloader %s; e2fsprogs %s", facts.distro,
-             ", ".join(facts.kernels) or "none", facts.bootloader,
-             guestfacts.fmt(facts.e2fsprogs_version))
+    log.info("guest: %s (%s); kernels %s; bootloader %s; e2fsprogs %s", guest.product,
+             guest.arch or "unknown arch", ", ".join(k.version for k in guest.kernels) or "none",
+             guest.bootloader,
+             guestfacts.fmt(guest.e2fsprogs_version))
     log.info("filesystem: %s, %d-byte inodes, features %s", profile.fstype,
              profile.inode_size, ",".join(profile.features))
     with atomic_output(opts.output, opts.force,
@@ -397,7 +399,8 @@ def build(opts: BuildOptions) -> dict[str, object]:
             "filesystem": profile.fstype, "inode_size": profile.inode_size,
             "keeps_nanoseconds": profile.keeps_nanoseconds, "size_bytes": size,
             "inputs": fixups.input_digest(opts.source), "built": time.time(),
-            "dirty": False, "synced_passes": synced})
+            "dirty": False, "synced_passes": synced,
+            **guestrecord.state_fields(partial, guest)})  # renaming keeps size, mtime, inode
     for warning in warnings:
         log.warning("warning: %s", warning)
     return {
@@ -406,9 +409,11 @@ def build(opts: BuildOptions) -> dict[str, object]:
         "inodes": scan.inodes, "filesystem": profile.fstype, "uuid": uuid,
         "features": list(profile.features), "inode_size": profile.inode_size,
         "reasons": list(profile.reasons), "warnings": warnings,
-        "guest": {"distro": facts.distro, "kernels": list(facts.kernels),
-                  "bootloader": facts.bootloader,
-                  "e2fsprogs": guestfacts.fmt(facts.e2fsprogs_version)},
+        "guest": {"distro": guest.distro, "version": guest.version, "product": guest.product,
+                  "arch": guest.arch, "init": str(guest.init),
+                  "kernels": [k.version for k in guest.kernels],
+                  "bootloader": str(guest.bootloader),
+                  "e2fsprogs": guestfacts.fmt(guest.e2fsprogs_version)},
         "seconds": round(time.monotonic() - started, 2),
     }
 

@@ -37,6 +37,7 @@ from p2vimage.cloud.connect import (
 )
 from p2vimage.core.errors import InputError, P2VError, PreconditionError, StageError
 from p2vimage.core.log import log, step
+from p2vimage.guest import record as guestrecord
 
 # openstacksdk's image proxy: _IMAGE_MD5_KEY, _IMAGE_SHA256_KEY, _IMAGE_OBJECT_KEY, and the
 # container its object key names (_OBJECT_AUTOCREATE_CONTAINER)
@@ -229,7 +230,8 @@ def upload(opts: UploadOptions) -> dict[str, Any]:
     up.check_compression(opts.disk_format, opts.compression)
     user = user_properties(opts.properties)
     user_tags(opts.tags)
-    props = {**up.image_props(opts.image).properties(), **user}
+    up.check_raw(opts.image)
+    props = {**guestrecord.for_image(opts.image).glance_properties(), **user}
     if opts.dry_run:
         label, settings = cloud_region(opts.cloud, opts.region)
         return {"dry_run": True, "cloud": label, "region": settings.region_name,

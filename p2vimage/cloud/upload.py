@@ -1,4 +1,4 @@
-"""The local half of ``upload``: trim, convert to qcow2, hash while streaming, guest properties.
+"""The local half of ``upload``: trim, convert to qcow2, hash while streaming.
 
 Nothing here talks to a cloud (that is cloud.py). Trimming punches holes in the raw image for
 the blocks its ext2/3/4 filesystems list as free in their own bitmaps (``dumpe2fs``), which is
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import dataclasses
 import hashlib
 import os
 import re
@@ -22,8 +21,6 @@ from typing import Any
 from p2vimage.core.errors import InputError, StageError
 from p2vimage.core.log import progress
 from p2vimage.disk import e2fs, mbr
-from p2vimage.guest import facts as guestfacts
-from p2vimage.guest.files import FileView, read_text
 from p2vimage.host import run as runmod
 
 CHUNK = 1 << 20
@@ -31,15 +28,6 @@ COMPRESSIONS = ("zstd", "zlib", "none")
 _FALLOC_FL_KEEP_SIZE = 1
 _FALLOC_FL_PUNCH_HOLE = 2
 _EXT_MAGIC = b"\x53\xef"
-
-# /etc/os-release ID → Glance's os_distro (the libosinfo short names Nova's docs list).
-OS_DISTRO = {"debian": "debian", "ubuntu": "ubuntu", "centos": "centos", "rhel": "rhel",
-             "fedora": "fedora", "sles": "sles", "opensuse": "opensuse",
-             "opensuse-leap": "opensuse", "almalinux": "almalinux", "rocky": "rocky",
-             "ol": "oraclelinux", "arch": "arch", "gentoo": "gentoo", "alpine": "alpine"}
-# ELF e_machine → Glance's architecture.
-ELF_ARCH = {3: "i686", 62: "x86_64", 183: "aarch64", 40: "armv7l", 20: "ppc", 21: "ppc64",
-            22: "s390x"}
 
 
 def _fallocate() -> Any:
@@ -179,75 +167,6 @@ class HashingReader:
         return self.sent == self.size
 
 
-def _os_release(view: FileView) -> dict[str, str]:
-    text = read_text(view, "/etc/os-release") or read_text(view, "/usr/lib/os-release") or ""
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            fields[key.strip()] = value.strip().strip('"')
-    return fields
-
-
-def elf_arch(data: bytes | None) -> str | None:
-    """Glance's architecture for an ELF binary's header, or None."""
-    if not data or len(data) < 20 or not data.startswith(b"\x7fELF"):
-        return None
-    machine = int.from_bytes(data[18:20], "little" if data[5] == 1 else "big")
-    return ELF_ARCH.get(machine)
-
-
-@dataclasses.dataclass(frozen=True)
-class GuestProps:
-    """What the image's own files say about the guest, as Glance properties."""
-
-    os_distro: str | None
-    os_version: str | None
-    architecture: str | None
-    oldest_kernel: tuple[int, ...] | None
-
-    def properties(self) -> dict[str, str]:
-        """Image properties for Nova: virtio disk and NIC, and the guest's identity.
-
-        hw_machine_type=pc (i440fx) for guests whose oldest kernel predates 3.0 or that are
-        32-bit: those kernels lack the PCIe-hotplug and ACPI support q35 machines rely on,
-        and a cloud whose default is q35 would boot them without disks or NICs.
-        """
-        props = {"hw_disk_bus": "virtio", "hw_vif_model": "virtio"}
-        if self.os_distro:
-            props["os_distro"] = self.os_distro
-        if self.os_version:
-            props["os_version"] = self.os_version
-        if self.architecture:
-            props["architecture"] = self.architecture
-        legacy = self.oldest_kernel is not None and self.oldest_kernel < (3, 0)
-        if legacy or self.architecture == "i686":
-            props["hw_machine_type"] = "pc"
-        return props
-
-
-def guest_props(view: FileView) -> GuestProps:
-    """Read os_distro, os_version and architecture from the guest's files (nothing runs)."""
-    release = _os_release(view)
-    distro = OS_DISTRO.get(release.get("ID", "").lower())
-    version = release.get("VERSION_ID") or None
-    if distro is None and view.is_file("/etc/debian_version"):
-        distro = "debian"
-    if distro == "debian" and version is None:
-        text = (read_text(view, "/etc/debian_version") or "").strip()
-        version = text.split(".")[0] if text[:1].isdigit() else None
-    arch = None
-    for binary in ("/bin/sh", "/bin/bash", "/sbin/init", "/usr/bin/env"):
-        target = view.readlink(binary)
-        path = binary if target is None else (
-            target if target.startswith("/") else f"{binary.rsplit('/', 1)[0]}/{target}")
-        arch = elf_arch(view.read_bytes(path, 64))
-        if arch:
-            break
-    kernels = guestfacts.kernels(view)
-    return GuestProps(distro, version, arch, min(v for v, _ in kernels) if kernels else None)
-
-
 # the first bytes of the image formats that are not raw (qemu's block drivers probe them so)
 FOREIGN = {b"QFI\xfb": "qcow2", b"QED\x00": "qed", b"KDMV": "vmdk", b"vhdxfile": "vhdx",
            b"conectix": "vpc"}
@@ -265,12 +184,6 @@ def check_raw(image: Path) -> None:
         if head.startswith(magic):
             raise InputError(f"{image} is a {name} image, not a raw one",
                              hint="upload takes the raw image (it converts it itself)")
-
-
-def image_props(image: Path) -> GuestProps:
-    """The guest properties of the raw ``image`` (read through debugfs, no appliance)."""
-    check_raw(image)
-    return guest_props(e2fs.E2fsFiles(image))
 
 
 def file_hashes(path: Path) -> tuple[str, str]:

@@ -27,6 +27,7 @@ from p2vimage.convert.fixups.base import (
     ExtlinuxInstall,
     Grub2Install,
     InitramfsRebuild,
+    Inspection,
     Loader,
     Result,
     SetBootable,
@@ -45,9 +46,11 @@ from p2vimage.core.log import step
 from p2vimage.core.plain import plain
 from p2vimage.disk import loopmount, mbr
 from p2vimage.disk import state as imagestate
-from p2vimage.guest import inspect as guestinfo
+from p2vimage.guest import facts as guestfacts
+from p2vimage.guest import record as guestrecord
 from p2vimage.guest.appliance import Guest, launches
-from p2vimage.guest.inspect import GuestInfo
+from p2vimage.guest.files import LocalFiles
+from p2vimage.guest.record import GuestRecord
 from p2vimage.host import accel as accelmod
 from p2vimage.host import run as runmod
 
@@ -104,7 +107,7 @@ def preflight(opts: ConvertOptions) -> None:
                                 hint="shut that VM down first")
 
 
-def choose_target(info: GuestInfo, view: Guest, opts: ConvertOptions,
+def choose_target(info: Inspection, view: Guest, opts: ConvertOptions,
                   mbr_bin: bytes) -> Target:
     """The bootloader, root device and kernel arguments the converted guest gets."""
     has_grub2 = any(view.is_file(p) for p in ("/usr/sbin/grub-install", "/usr/sbin/grub2-install",
@@ -113,13 +116,13 @@ def choose_target(info: GuestInfo, view: Guest, opts: ConvertOptions,
     loader: Loader
     match settings.bootloader:
         case BootloaderChoice.AUTO:
-            if info.bootloader == "grub2" and has_grub2:
+            if info.record.bootloader == "grub2" and has_grub2:
                 loader = Loader.GRUB2
-            elif info.bootloader in ("grub-legacy", "extlinux"):
+            elif info.record.bootloader in ("grub-legacy", "extlinux"):
                 loader = Loader.EXTLINUX
             else:
                 raise InputError(f"no bootloader p2vimage knows found in {opts.image} "
-                                 f"(guest bootloader: {info.bootloader})",
+                                 f"(guest bootloader: {info.record.bootloader})",
                                  hint="choose one with --bootloader extlinux")
         case BootloaderChoice.GRUB2:
             if not has_grub2:
@@ -131,7 +134,8 @@ def choose_target(info: GuestInfo, view: Guest, opts: ConvertOptions,
         case _:
             assert_never(settings.bootloader)
     args = list(CONSOLE_ARGS)
-    if info.predictable_names and any(re.fullmatch(r"eth\d+", n) for n in info.nics):
+    if info.record.predictable_names and any(re.fullmatch(r"eth\d+", n)
+                                             for n in info.record.nics):
         args.append("net.ifnames=0")
     root = f"UUID={info.root_uuid}" if settings.root_device == RootDevice.UUID else "/dev/vda1"
     return Target(root_spec=root, bootloader=loader, kernel_args=tuple(args),
@@ -139,7 +143,7 @@ def choose_target(info: GuestInfo, view: Guest, opts: ConvertOptions,
                   disable_hardware=settings.disable_hardware, mbr_bin=mbr_bin)
 
 
-def _inspect(guest: Guest, opts: ConvertOptions) -> GuestInfo:
+def _inspect(guest: Guest, opts: ConvertOptions, listing: Callable[[str], str]) -> Inspection:
     roots = guest.inspect_roots()
     if not roots and not any(t not in ("unknown", "swap", "")
                              for t in guest.filesystems().values()):
@@ -153,14 +157,12 @@ def _inspect(guest: Guest, opts: ConvertOptions) -> GuestInfo:
                          hint="convert images with one root filesystem")
     root = roots[0]
     guest.mount_root(root)
-    facts = guest.inspect(root)
-
     sector0 = guest.sector0()
     parts = mbr.partitions(sector0)
-    info = guestinfo.gather(guest, facts, guest.uuid(root), guest.fstype(root),
-                            sector0[:440], bool(parts) and parts[0].bootable,
-                            _guest_listing(guest), guest.boot_sector(root))
-    if not info.kernels:
+    info = Inspection(guestrecord.read(guest, listing), guest.uuid(root),
+                      guest.fstype(root), sector0[:440], bool(parts) and parts[0].bootable,
+                      guest.boot_sector(root))
+    if not info.record.kernels:
         raise InputError(f"no kernel in /boot of {opts.image}",
                          hint="install a kernel in the guest (sync /boot too)")
     return info
@@ -218,37 +220,64 @@ def _run_action(guest: Guest, action: Action, target: Target) -> None:
             assert_never(action)
 
 
-def _chroot_possible(info: GuestInfo) -> bool:
-    return loopmount.possible() and platform.machine() == "x86_64" and info.arch in X86
+def _chroot_possible(info: Inspection) -> bool:
+    return (loopmount.possible() and platform.machine() == "x86_64"
+            and info.record.arch in X86)
 
 
-def _still_missing(info: GuestInfo, versions: tuple[str, ...],
+def _still_missing(info: Inspection, versions: tuple[str, ...],
                    listing: Callable[[str], str]) -> list[str]:
     """After a rebuild, list the initrds again: the virtio modules they still lack."""
     still: list[str] = []
-    for kernel in info.kernels:
+    missing = info.record.missing_virtio or {}
+    for kernel in info.record.kernels:
         if kernel.version in versions and kernel.initrd:
-            have = guestinfo.initrd_modules(listing(kernel.initrd))
-            still += [f"{kernel.initrd}: {m}" for m in info.missing_modules[kernel.version]
+            have = guestfacts.initrd_modules(listing(kernel.initrd))
+            still += [f"{kernel.initrd}: {m}" for m in missing.get(kernel.version, ())
                       if m not in have]
     return still
 
 
-def _rebuild_in_chroot(image: Path, info: GuestInfo, action: InitramfsRebuild) -> list[str]:
-    """Rebuild in a host chroot of the image, then re-list (one mount for both)."""
+def _rebuild_in_chroot(image: Path, info: Inspection, action: InitramfsRebuild,
+                       listings: _Listings) -> tuple[list[str], GuestRecord]:
+    """Rebuild in a host chroot of the image, then list the initrds again and read the
+    converted guest's record (one mount for all)."""
     with loopmount.mounted(image, pseudo=True) as root:
         for version in action.versions:
             runmod.run(["chroot", str(root), *_rebuild_argv(action.tool, version)],
                        timeout=1800, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
                        what=f"{action.tool} in a chroot of {image}")
-        return _still_missing(info, action.versions,
-                              lambda p: guestinfo.list_initrd(root / p.lstrip("/")))
+        listings.forget()
+        listing = listings.via(lambda p: guestfacts.list_initrd(root / p.lstrip("/")))
+        return (_still_missing(info, action.versions, listing),
+                guestrecord.read(LocalFiles(root), listing))
+
+
+class _Listings:
+    """Initrd listings by guest path: each initrd is listed once (downloading it from the
+    appliance costs seconds) until a rebuild makes them all stale."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, str] = {}
+
+    def via(self, lister: Callable[[str], str]) -> Callable[[str], str]:
+        """A listing that lists with ``lister`` what is not known yet."""
+        def listing(path: str) -> str:
+            if path not in self.known:
+                self.known[path] = lister(path)
+            return self.known[path]
+
+        return listing
+
+    def forget(self) -> None:
+        """After a rebuild: list again."""
+        self.known.clear()
 
 
 def _guest_listing(guest: Guest) -> Callable[[str], str]:
     def listing(path: str) -> str:
         with guest.downloaded(path) as local:
-            return guestinfo.list_initrd(local)
+            return guestfacts.list_initrd(local)
 
     return listing
 
@@ -264,11 +293,13 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
     launches_before = launches()
     deferred: InitramfsRebuild | None = None
     missing: list[str] = []
+    listings = _Listings()
+    converted: GuestRecord | None = None  # the converted guest's (extlinux installed, …)
     with step(f"Opening {opts.image} in libguestfs ({chosen.describe()})"), \
             Guest(opts.image, chosen, readonly=opts.dry_run) as guest:
         timings["launch"] = round(time.monotonic() - started, 2)
         with step("Inspecting the guest"):
-            info = _inspect(guest, opts)
+            info = _inspect(guest, opts, listings.via(_guest_listing(guest)))
             target = choose_target(info, guest, opts, mbr_bin)
         timings["inspect"] = round(time.monotonic() - started - timings["launch"], 2)
         results: list[Result] = [fixup.plan(guest, info, target) for fixup in fixups.ALL]
@@ -290,7 +321,12 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
                     _run_action(guest, action, target)
                     timings[action.name] = round(time.monotonic() - t0, 2)
                 if isinstance(action, InitramfsRebuild):
-                    missing = _still_missing(info, action.versions, _guest_listing(guest))
+                    listings.forget()
+                    missing = _still_missing(info, action.versions,
+                                             listings.via(_guest_listing(guest)))
+            if deferred is None:  # else read in the chroot's mount, after the rebuild
+                with step("Reading the converted guest's record"):
+                    converted = guestrecord.read(guest, listings.via(_guest_listing(guest)))
     initramfs_report: dict[str, Any] | None = None
     for action in actions:
         if isinstance(action, InitramfsRebuild) and not opts.dry_run:
@@ -298,7 +334,8 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
             if deferred:
                 with step(f"{action.detail} in a host chroot"):
                     t0 = time.monotonic()
-                    missing = _rebuild_in_chroot(opts.image, info, action)
+                    missing, converted = _rebuild_in_chroot(opts.image, info, action,
+                                                            listings)
                     timings[action.name] = round(time.monotonic() - t0, 2)
             if missing:
                 raise StageError(f"the rebuilt initrd still lacks {', '.join(missing)}",
@@ -307,24 +344,27 @@ def convert(opts: ConvertOptions) -> dict[str, Any]:
                                 "kernels": list(action.versions)}
     timings["total"] = round(time.monotonic() - started, 2)
     if not opts.dry_run:  # what build --refresh re-runs when the fixups' inputs change
-        imagestate.update(opts.image, convert=plain(opts.settings))
+        imagestate.update(opts.image, convert=plain(opts.settings),
+                          **guestrecord.state_fields(opts.image, converted or info.record))
     return report(opts, info, target, results, timings, launches() - launches_before,
                   chosen, initramfs_report)
 
 
-def report(opts: ConvertOptions, info: GuestInfo, target: Target, results: list[Result],
+def report(opts: ConvertOptions, info: Inspection, target: Target, results: list[Result],
            timings: dict[str, float], launch_count: int, chosen: accelmod.Accel,
            initramfs_report: dict[str, Any] | None) -> dict[str, Any]:
     """The conversion report (also the --json output)."""
     changed = any(r.edits or r.actions for r in results)
+    guest = info.record
     return {
         "image": os.fspath(opts.image), "dry_run": opts.dry_run, "changed": changed,
         "accelerator": chosen.describe(), "appliance_launches": launch_count,
-        "guest": {"distro": info.distro, "version": info.version, "arch": info.arch,
-                  "init": info.init, "bootloader": info.bootloader, "nics": list(info.nics),
-                  "root_uuid": info.root_uuid, "fstype": info.fstype,
-                  "kernels": [dataclasses.asdict(k) for k in info.kernels],
-                  "missing_virtio": {k: list(v) for k, v in info.missing_modules.items() if v}},
+        "guest": {"distro": guest.distro, "version": guest.version, "arch": guest.arch,
+                  "init": str(guest.init), "bootloader": str(guest.bootloader),
+                  "nics": list(guest.nics), "root_uuid": info.root_uuid, "fstype": info.fstype,
+                  "kernels": [dataclasses.asdict(k) for k in guest.kernels],
+                  "missing_virtio": {k: list(v) for k, v in (guest.missing_virtio or {}).items()
+                                     if v}},
         "target": {"bootloader": target.bootloader.value, "root": target.root_spec,
                    "kernel_args": list(target.kernel_args)},
         "fixups": [{"name": r.name, "changed": [e.path for e in r.edits],

@@ -340,25 +340,31 @@ class E2fsFiles:
     def __init__(self, image: Path, offset: int | None = None) -> None:
         self.image = image
         self.offset = find_partition(image) if offset is None else offset
-        self._dirs: dict[str, dict[bytes, int]] = {}
+        self._dirs: dict[str, dict[bytes, tuple[int, int]]] = {}
 
-    def _entries(self, path: str) -> dict[bytes, int]:
+    def _entries(self, path: str) -> dict[bytes, tuple[int, int]]:
+        """name → (mode, size) of one directory."""
         path = "/" + path.strip("/")
         if path not in self._dirs:
             target = quote(path.encode())
             out = debugfs(self.image, self.offset, [b"ls -p " + target]) if target else b""
-            self._dirs[path] = {m.group(5): int(m.group(2), 8) for m in _LS_RECORD.finditer(out)
+            self._dirs[path] = {m.group(5): (int(m.group(2), 8), int(m.group(6) or 0))
+                                for m in _LS_RECORD.finditer(out)
                                 if m.group(5) not in (b".", b"..", b"")}
         return self._dirs[path]
 
-    def _mode(self, path: str) -> int | None:
+    def _stat(self, path: str) -> tuple[int, int] | None:
         parent, _, name = path.rstrip("/").rpartition("/")
         if not name:
-            return 0o040000
-        parent_mode = self._mode(parent) if parent else 0o040000
-        if parent_mode is None or parent_mode & 0o170000 != 0o040000:
+            return 0o040000, 0
+        parent_stat = self._stat(parent) if parent else (0o040000, 0)
+        if parent_stat is None or parent_stat[0] & 0o170000 != 0o040000:
             return None
         return self._entries(parent or "/").get(name.encode())
+
+    def _mode(self, path: str) -> int | None:
+        found = self._stat(path)
+        return None if found is None else found[0]
 
     def read_bytes(self, path: str, limit: int | None = None) -> bytes | None:
         if not self.is_file(path):
@@ -384,17 +390,20 @@ class E2fsFiles:
         return sorted(os.fsdecode(n) for n in self._entries(path))
 
     def readlink(self, path: str) -> str | None:
-        mode = self._mode(path)
-        if mode is None or mode & 0o170000 != 0o120000:
-            return None
+        found = self._stat(path)
         target = quote(path.encode())
-        out = debugfs(self.image, self.offset, [b"stat " + target]) if target else b""
-        m = _FASTLINK.search(out)
-        return os.fsdecode(m.group(1)) if m else None
+        if found is None or found[0] & 0o170000 != 0o120000 or target is None:
+            return None
+        if found[1] < 60:  # a fast link: the target is in the inode, stat shows it
+            m = _FASTLINK.search(debugfs(self.image, self.offset, [b"stat " + target]))
+            if m:
+                return os.fsdecode(m.group(1))
+        out = debugfs(self.image, self.offset, [b"cat " + target])  # a slow link: a block
+        return os.fsdecode(out.split(b"\n", 1)[1] if out.startswith(b"debugfs: ") else out)
 
     def size(self, path: str) -> int | None:
-        data = self.read_bytes(path)
-        return None if data is None else len(data)
+        found = self._stat(path)
+        return None if found is None else found[1]
 
 
 def superblock_ids(image: Path, offset: int) -> tuple[str, str]:

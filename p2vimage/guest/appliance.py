@@ -116,17 +116,9 @@ class Guest:
         return dict(self.g.list_filesystems())
 
     def inspect_roots(self) -> list[str]:
-        """The root filesystems of the operating systems libguestfs finds."""
+        """The root filesystems of the operating systems libguestfs finds (only to know which
+        filesystem is the root: what the guest is comes from its files, guest/record.py)."""
         return list(self.g.inspect_os())
-
-    def inspect(self, root: str) -> dict[str, str]:
-        """distro, version, arch, product name of the OS on ``root``."""
-        g = self.g
-        return {"distro": g.inspect_get_distro(root),
-                "version": f"{g.inspect_get_major_version(root)}."
-                           f"{g.inspect_get_minor_version(root)}",
-                "arch": g.inspect_get_arch(root),
-                "product": g.inspect_get_product_name(root)}
 
     def mount_root(self, device: str, writable: bool = False) -> None:
         """Mount ``device`` at /: read-only until ``writable`` (a refused image stays as is)."""
@@ -214,6 +206,16 @@ class Guest:
         self._files.pop(path, None)
         self._dirs.pop(os.path.dirname(path) or "/", None)
 
+    def _mkdir_p(self, directory: str) -> None:
+        """mkdir -p; the listing of each directory that gains an entry is forgotten (a new
+        /boot/extlinux must show in /boot's listing too)."""
+        if self.is_dir(directory):
+            return
+        self.g.mkdir_p(directory)
+        while directory not in ("", "/"):
+            directory = os.path.dirname(directory)
+            self._dirs.pop(directory or "/", None)
+
     @contextlib.contextmanager
     def downloaded(self, path: str) -> Iterator[Path]:
         """A guest file copied to a temporary host file for the duration of the block."""
@@ -228,7 +230,7 @@ class Guest:
         existed = self.is_file(path)
         if self._type(path) == "l":
             self.g.rm(path)
-        self.g.mkdir_p(os.path.dirname(path))
+        self._mkdir_p(os.path.dirname(path))
         self.g.write(path, data)
         if not existed:
             self.g.chmod(mode, path)
@@ -241,7 +243,7 @@ class Guest:
 
     def symlink(self, target: str, path: str) -> None:
         """Make ``path`` a symlink to ``target`` (replacing what was there)."""
-        self.g.mkdir_p(os.path.dirname(path))
+        self._mkdir_p(os.path.dirname(path))
         self.g.rm_f(path)
         self.g.ln_s(target, path)
         self._changed(path)
@@ -258,7 +260,7 @@ class Guest:
 
     def install_extlinux(self, directory: str) -> None:
         """Install extlinux (the appliance's, i.e. the host's syslinux) into ``directory``."""
-        self.g.mkdir_p(directory)
+        self._mkdir_p(directory)
         self.g.extlinux(directory)
         self._dirs.pop(directory, None)
 
@@ -275,3 +277,4 @@ class Guest:
         self.g.fallocate64(path, mib << 20)
         self.g.chmod(0o600, path)
         self.g.mkswap_file(path)
+        self._changed(path)

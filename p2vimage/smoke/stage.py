@@ -29,7 +29,8 @@ from p2vimage.core.errors import InputError, StageError
 from p2vimage.core.log import log, step
 from p2vimage.core.text import printable
 from p2vimage.disk.e2fs import E2fsFiles
-from p2vimage.guest.netconf import Iface, interfaces
+from p2vimage.guest import record as guestrecord
+from p2vimage.guest.netconf import Iface
 from p2vimage.host import accel as accelmod
 from p2vimage.host import run as runmod
 from p2vimage.smoke.options import Probe, ProbeKind, SmokeOptions
@@ -319,7 +320,7 @@ def smoke(opts: SmokeOptions) -> dict[str, Any]:
     chosen = accelmod.detect(guestfs=any(p.kind == ProbeKind.SSH for p in settings.probes))
     report_dir = report_dir_of(opts)
     report_dir.mkdir(parents=True, exist_ok=True)
-    nics = plan_nics(interfaces(view))
+    nics = plan_nics(list(guestrecord.for_image(image).interfaces))
     by_addr = _addresses(nics)
     default_addr = next((n.address() for n in nics if n.iface.method == "static"),
                         nics[0].address())

@@ -25,6 +25,7 @@ from typing import Any
 
 from p2vimage.core.errors import InputError, PreconditionError, StageError
 from p2vimage.core.log import log, progress, step
+from p2vimage.guest import record as guestrecord
 from p2vimage.host import run as runmod
 from p2vimage.host import ssh
 from p2vimage.sync.source import Source, bwlimit_bytes, check_apart
@@ -198,13 +199,7 @@ def ssh_argv(opts: SyncOptions) -> list[str]:
 
 _PROBE = ("cat /proc/mounts; echo @@@; uname -r; echo @@@; "
           "($P2V_RSYNC --version 2>/dev/null || echo none) | head -n 1; echo @@@; "
-          "df -P -k 2>/dev/null; echo @@@; "
-          'for f in boot/grub/menu.lst boot/grub/grub.cfg boot/grub2/grub.cfg '
-          'boot/extlinux/extlinux.conf boot/syslinux/syslinux.cfg etc/lilo.conf; do '
-          '[ -e "$P2V_ROOT/$f" ] && echo "$f"; done; true')
-BOOTLOADERS = {"boot/grub/menu.lst": "grub-legacy", "boot/grub/grub.cfg": "grub2",
-               "boot/grub2/grub.cfg": "grub2", "boot/extlinux/extlinux.conf": "extlinux",
-               "boot/syslinux/syslinux.cfg": "syslinux", "etc/lilo.conf": "lilo"}
+          "df -P -k 2>/dev/null; true")
 _PROGRESS = re.compile(rb"^\s*([\d,]+)\s+\d+%[^(]*"
                        rb"(?:\(xfr#(\d+), (?:to|ir)-chk=(\d+)/(\d+)\))?\s*$")
 
@@ -214,10 +209,10 @@ def _ssh_error(opts: SyncOptions, stderr: str, code: int) -> Exception:
 
 
 def remote_facts(opts: SyncOptions) -> dict[str, Any]:
-    """Mounts (with sizes), kernel, bootloader and rsync version of the source (over ssh,
-    or locally)."""
-    script = (f"P2V_ROOT={shlex.quote(opts.source.path.rstrip('/'))}; "
-              f"P2V_RSYNC={shlex.quote(opts.access.rsync_path or 'rsync')}; {_PROBE}")
+    """Mounts (with sizes), running kernel and rsync version of the source (over ssh, or
+    locally). What the guest is (its bootloader, …) is read from the staging tree after the
+    pass, by the guest record's reader (``staging_facts``)."""
+    script = f"P2V_RSYNC={shlex.quote(opts.access.rsync_path or 'rsync')}; {_PROBE}"
     if opts.source.remote:
         proc = runmod.run([*ssh_argv(opts), _target(opts.source), "sh", "-c",
                            shlex.quote(script)],
@@ -233,7 +228,7 @@ def remote_facts(opts: SyncOptions) -> dict[str, Any]:
 
 def parse_facts(out: str) -> dict[str, Any]:
     """The probe's output (see ``_PROBE``) as the facts recorded in ``source.json``."""
-    mounts_text, kernel, rsync, df, boot = [*out.split("@@@\n"), "", "", "", ""][:5]
+    mounts_text, kernel, rsync, df = [*out.split("@@@\n"), "", "", ""][:4]
     sizes = {}
     for line in df.splitlines()[1:]:
         fields = line.split()
@@ -248,10 +243,15 @@ def parse_facts(out: str) -> dict[str, Any]:
             mounts.append({"device": fields[0], "mountpoint": point, "type": fields[2],
                            **sizes.get(point, {})})
     version = re.search(r"version\s+(\d+)\.(\d+)\.(\d+)", rsync)
-    found = [BOOTLOADERS[f] for f in boot.split() if f in BOOTLOADERS]
     return {"mounts": mounts, "kernel": kernel.strip(), "rsync": rsync.strip(),
-            "rsync_version": [int(x) for x in version.groups()] if version else None,
-            "bootloader": found[0] if found else "unknown", "bootloader_files": boot.split()}
+            "rsync_version": [int(x) for x in version.groups()] if version else None}
+
+
+def staging_facts(staging: Path) -> dict[str, Any]:
+    """The guest record of the staging tree (the same reader build and convert use), for
+    ``source.json``: its bootloader, and the whole record under ``guest``."""
+    record = guestrecord.from_tree(staging)
+    return {"bootloader": str(record.bootloader), "guest": record.to_json()}
 
 
 def mount_excludes(facts: dict[str, Any], root: str) -> tuple[list[str], list[dict[str, str]]]:
@@ -401,7 +401,8 @@ def _sync(opts: SyncOptions) -> dict[str, Any]:
               "excluded": [*ALWAYS, *excludes, *opts.excludes], "crossed_mounts": crossed,
               "unreadable": missing, "lost_features": lost, "rsync_exit": raw.returncode,
               "facts": {"kernel": facts["kernel"], "rsync": facts["rsync"]}}
-    _record(opts, facts, report, changed_paths(raw.stdout, opts.staging))
+    _record(opts, {**facts, **staging_facts(opts.staging)}, report,
+            changed_paths(raw.stdout, opts.staging))
     if raw.returncode in (0, 24):  # 24: files vanished while copying a live system
         return report
     if raw.returncode == 23 and missing:

@@ -3,6 +3,7 @@ launches, idempotence, verify lists only documented rewrites, bad input (slow: T
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -18,7 +19,9 @@ import pytest
 from p2vimage.build import verify
 from p2vimage.convert import fixups
 from p2vimage.convert.stage import host_mbr_bin
+from p2vimage.disk.e2fs import E2fsFiles
 from p2vimage.disk.mbr import partitions
+from p2vimage.guest import record
 from tests.conftest import Converted, assert_one_line_error, launches, needs_root, p2v
 
 pytestmark = [pytest.mark.slow, pytest.mark.fixture, needs_root]
@@ -74,7 +77,7 @@ def test_one_launch_and_the_result_reads_back(
     assert partitions(sector0)[0].bootable
     if name.startswith("bullseye"):
         assert (guest["init"], guest["bootloader"], guest["arch"]) == (
-            "sysvinit", "grub-legacy", "i386")
+            "sysvinit", "grub-legacy", "i686")  # the ELF header of its shell, as Glance says
         fstab, conf, ldlinux, menu, devmap, inittab, rules = guestfish(
             image, "cat /etc/fstab", "cat /boot/extlinux/extlinux.conf",
             "is-file /boot/extlinux/ldlinux.sys", "cat /boot/grub/menu.lst",
@@ -104,6 +107,21 @@ def test_one_launch_and_the_result_reads_back(
     assert f"UUID={uuid} / " in fstab
     assert all(not line.split()[0].startswith("/dev/sd") for line in fstab.splitlines()
                if line.strip() and not line.startswith("#"))
+
+
+def test_the_appliance_reads_the_record_the_tree_gives(
+        conv: tuple[str, Path, Path, dict[str, Any], int]) -> None:
+    _, tree, image, report, _ = conv
+    guest, in_tree = report["guest"], record.from_tree(tree)
+    assert (guest["distro"], guest["version"], guest["arch"], guest["init"],
+            guest["bootloader"], guest["nics"]) == (
+        in_tree.distro, in_tree.version, in_tree.arch, in_tree.init, in_tree.bootloader,
+        list(in_tree.nics))
+    assert guest["kernels"] == [dataclasses.asdict(k) for k in in_tree.kernels]
+    assert in_tree.distro == "debian" and in_tree.arch and in_tree.kernels
+    # what convert kept describes the converted image as debugfs reads it now
+    kept, view = record.stored(image), E2fsFiles(image)
+    assert kept is not None and kept == record.read(view, record.copied_listing(view))
 
 
 def test_second_convert_changes_nothing(
@@ -169,6 +187,8 @@ def test_initrd_without_virtio_is_rebuilt(tmp_path: Path, hv_wrapper: Path) -> N
                              check=True).stdout
     for module in ("virtio_blk.ko", "virtio_pci.ko", "virtio_net.ko"):
         assert module in listing
+    kept = record.stored(image)  # the record kept says what the image has now
+    assert kept is not None and kept.missing_virtio == {"5.10.0-32-686": ()}
     again, _ = convert(image, hv_wrapper)
     assert again["changed"] is False
     # the rebuild (in a chroot of the image) wrote only declared paths

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from p2vimage.disk.e2fs import E2fsFiles
-from p2vimage.guest.netconf import interfaces
+from p2vimage.guest import record as guestrecord
 from p2vimage.host import accel
 from p2vimage.smoke import stage as smoke
 from p2vimage.smoke.options import Probe, ProbeKind, SmokeOptions
@@ -45,7 +45,7 @@ def live_vm(image: Path, tmp: Path) -> Iterator[LiveVM]:
     """Boot ``image`` (never modified: a qcow2 overlay takes the writes) until ssh answers."""
     view = E2fsFiles(image)
     chosen = accel.detect(guestfs=True)
-    nics = smoke.plan_nics(interfaces(view))
+    nics = smoke.plan_nics(list(guestrecord.for_image(image).interfaces))
     nic = next((n for n in nics if n.iface.method == "static"), nics[0])
     port = smoke.free_port()
     nic.forwards[(nic.address(), 22)] = port

@@ -22,7 +22,8 @@ from p2vimage.cloud import cinder, cleanup, connect, glance, neutron, nova
 from p2vimage.cloud import upload as up
 from p2vimage.cloud import writevolume as blockdev
 from p2vimage.core.errors import InputError, PreconditionError, StageError
-from p2vimage.guest.files import LocalFiles
+from p2vimage.guest.facts import elf_arch
+from p2vimage.guest.record import from_tree
 from tests.conftest import P2VIMAGE, REPO, assert_one_line_error, p2v
 
 MiB = 1 << 20
@@ -175,10 +176,10 @@ def _elf(machine: int, bits: int = 1) -> bytes:
 
 
 def test_elf_arch() -> None:
-    assert up.elf_arch(_elf(3)) == "i686"
-    assert up.elf_arch(_elf(62, 2)) == "x86_64"
-    assert up.elf_arch(b"#!/bin/sh\n") is None
-    assert up.elf_arch(None) is None
+    assert elf_arch(_elf(3)) == "i686"
+    assert elf_arch(_elf(62, 2)) == "x86_64"
+    assert elf_arch(b"#!/bin/sh\n") is None
+    assert elf_arch(None) is None
 
 
 def _tree(root: Path, os_release: str | None, kernel: str, machine: int) -> Path:
@@ -194,14 +195,14 @@ def _tree(root: Path, os_release: str | None, kernel: str, machine: int) -> Path
 
 
 def test_guest_properties_of_a_legacy_and_a_modern_guest(tmp_path: Path) -> None:
-    lenny = up.guest_props(LocalFiles(_tree(tmp_path / "lenny", None, "2.6.26-2-686", 3)))
-    assert lenny.properties() == {
+    lenny = from_tree(_tree(tmp_path / "lenny", None, "2.6.26-2-686", 3))
+    assert lenny.glance_properties() == {
         "hw_disk_bus": "virtio", "hw_vif_model": "virtio", "os_distro": "debian",
         "os_version": "5", "architecture": "i686", "hw_machine_type": "pc"}
-    bookworm = up.guest_props(LocalFiles(_tree(
+    bookworm = from_tree(_tree(
         tmp_path / "bookworm", 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\n'
-        'VERSION_ID="12"\n', "6.1.0-13-amd64", 62)))
-    assert bookworm.properties() == {
+        'VERSION_ID="12"\n', "6.1.0-13-amd64", 62))
+    assert bookworm.glance_properties() == {
         "hw_disk_bus": "virtio", "hw_vif_model": "virtio", "os_distro": "debian",
         "os_version": "12", "architecture": "x86_64"}
 

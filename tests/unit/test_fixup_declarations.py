@@ -12,9 +12,9 @@ import pytest
 
 from p2vimage.build import verify
 from p2vimage.convert import fixups
-from p2vimage.convert.fixups.base import Target
-from p2vimage.guest import inspect
-from p2vimage.guest.inspect import GuestInfo, Kernel
+from p2vimage.convert.fixups.base import Inspection, Target
+from p2vimage.guest import record
+from p2vimage.guest.record import Bootloader, GuestRecord, InitSystem, Kernel
 from tests.fakes import DictFiles
 
 DATA = Path(__file__).parent / "data"
@@ -97,12 +97,15 @@ TARGETS = {
 }
 
 
-def _info(init: str) -> GuestInfo:
+def _info(init: str) -> Inspection:
     kernel = Kernel("2.6.26-2-686", "/boot/vmlinuz-2.6.26-2-686", "/boot/initrd.img-2.6.26-2-686")
-    return GuestInfo(distro="debian", version="5.0", arch="i386", init=init, kernels=(kernel,),
-                     bootloader="grub-legacy", nics=("eth0",), predictable_names=True,
-                     root_uuid="6b5af12e", fstype="ext3",
-                     missing_modules={kernel.version: ("virtio_blk", "virtio_pci")})
+    guest = GuestRecord(
+        distro="debian", version="5", product="Debian 5.0.10", arch="i686",
+        init=InitSystem(init), kernels=(kernel,), bootloader=Bootloader.GRUB_LEGACY,
+        grub_version=None, syslinux_version=None, e2fsprogs_version=None, nics=("eth0",),
+        interfaces=(), predictable_names=True,
+        missing_virtio={kernel.version: ("virtio_blk", "virtio_pci")})
+    return Inspection(guest, root_uuid="6b5af12e", fstype="ext3")
 
 
 def _declared(path: str, patterns: tuple[str, ...]) -> bool:
@@ -122,7 +125,7 @@ def test_plans_touch_only_what_they_declare(guest: str, target: str) -> None:
         for edit in result.edits:
             wrote_anything = True
             assert _declared(edit.path, fixup.WRITES), (fixup.__name__, "writes", edit.path)
-        allowed = (*fixup.READS, *fixup.WRITES, *inspect.READS)
+        allowed = (*fixup.READS, *fixup.WRITES, *record.READS)
         for path in view.asked:
             assert _declared(path, allowed), (fixup.__name__, "reads", path)
     assert wrote_anything
@@ -157,7 +160,7 @@ def test_readme_table_is_the_declarations() -> None:
 
 
 def test_declarations_are_relative_globs() -> None:
-    for fixup in (*fixups.ALL, inspect):
+    for fixup in (*fixups.ALL, record):
         for pattern in (*fixup.READS, *getattr(fixup, "WRITES", ())):
             assert pattern and not pattern.startswith("/"), (fixup.__name__, pattern)
     assert dataclasses.is_dataclass(Target)

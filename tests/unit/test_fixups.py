@@ -19,6 +19,7 @@ from p2vimage.convert.fixups.base import (
     ExtlinuxInstall,
     Grub2Install,
     InitramfsRebuild,
+    Inspection,
     Loader,
     SetBootable,
     SwapFile,
@@ -27,16 +28,19 @@ from p2vimage.convert.fixups.base import (
     add_args,
 )
 from p2vimage.guest import netconf
-from p2vimage.guest.inspect import GuestInfo, Kernel
+from p2vimage.guest.record import Bootloader, GuestRecord, InitSystem, Kernel
 from tests.fakes import DictFiles
 
 DATA = Path(__file__).parent / "data"
 KERNELS = ("2.6.18-6-686", "2.6.26-2-686", "2.6.26-2-vserver-686-bigmem")
-INFO = GuestInfo(
-    distro="debian", version="5.0", arch="i386", init="sysvinit",
+RECORD = GuestRecord(
+    distro="debian", version="5.0", product="Debian 5.0.10", arch="i686",
+    init=InitSystem.SYSVINIT,
     kernels=tuple(Kernel(v, f"/boot/vmlinuz-{v}", f"/boot/initrd.img-{v}") for v in KERNELS),
-    bootloader="grub-legacy", nics=("eth0", "eth1"), predictable_names=False,
-    root_uuid="6b5af12e-5a75-477f-ad54-7851cc474103", fstype="ext3")
+    bootloader=Bootloader.GRUB_LEGACY, grub_version=None, syslinux_version=None,
+    e2fsprogs_version=(1, 41, 3), nics=("eth0", "eth1"), interfaces=(),
+    predictable_names=False)
+INFO = Inspection(RECORD, root_uuid="6b5af12e-5a75-477f-ad54-7851cc474103", fstype="ext3")
 SEED = Target(root_spec="/dev/vda1", bootloader=Loader.EXTLINUX, kernel_args=())
 CONSOLE = ("console=tty0", "console=ttyS0,115200")
 
@@ -156,7 +160,8 @@ def test_grub2_defaults() -> None:
     target = Target(root_spec="UUID=abc", bootloader=Loader.GRUB2,
                     kernel_args=(*CONSOLE, "net.ifnames=0"))
     files = DictFiles({"/etc/default/grub": data("bookworm-default-grub")})
-    info = dataclasses.replace(INFO, bootloader="grub2", mbr_code=b"\xeb\x63GRUB" + bytes(433))
+    grub2_guest = dataclasses.replace(RECORD, bootloader=Bootloader.GRUB2)
+    info = dataclasses.replace(INFO, record=grub2_guest, mbr_code=b"\xeb\x63GRUB" + bytes(433))
     result = grub2.plan(files, info, target)
     text = new_text(result.edits, "/etc/default/grub")
     assert text == data("bookworm-default-grub").replace(
@@ -207,7 +212,7 @@ def test_console_sysvinit_inittab() -> None:
 
 
 def test_console_systemd_and_securetty() -> None:
-    info = dataclasses.replace(INFO, init="systemd")
+    info = dataclasses.replace(INFO, record=dataclasses.replace(RECORD, init=InitSystem.SYSTEMD))
     files = DictFiles({"/lib/systemd/system/serial-getty@.service": "[Unit]\n",
                        "/etc/securetty": "console\ntty1\n"})
     result = console.plan(files, info, SEED)
@@ -233,21 +238,24 @@ def test_hardware_services_reported_and_disabled() -> None:
         ("/etc/systemd/system/smartd.service", "/dev/null")]
 
 
+def missing(modules: dict[str, tuple[str, ...]]) -> Inspection:
+    return dataclasses.replace(INFO, record=dataclasses.replace(RECORD, missing_virtio=modules))
+
+
 def test_initramfs_adds_missing_modules_for_initramfs_tools() -> None:
-    info = dataclasses.replace(INFO, missing_modules={"2.6.26-2-686": ("virtio_blk",),
-                                                      "2.6.18-6-686": ()})
+    info = missing({"2.6.26-2-686": ("virtio_blk",), "2.6.18-6-686": ()})
     files = DictFiles({"/usr/sbin/update-initramfs": "#!/bin/sh\n",
                        "/etc/initramfs-tools/modules": "# List of modules\nloop\n"})
     result = initramfs.plan(files, info, SEED)
     assert new_text(result.edits, "/etc/initramfs-tools/modules") == (
         "# List of modules\nloop\nvirtio_blk\nvirtio_net\nvirtio_pci\n")
     assert result.actions == [InitramfsRebuild("update-initramfs", ("2.6.26-2-686",))]
-    nothing = initramfs.plan(files, dataclasses.replace(INFO, missing_modules={}), SEED)
+    nothing = initramfs.plan(files, missing({}), SEED)
     assert nothing.edits == [] and nothing.actions == []
 
 
 def test_initramfs_dracut() -> None:
-    info = dataclasses.replace(INFO, missing_modules={"3.10.0": ("virtio_pci", "virtio_blk")})
+    info = missing({"3.10.0": ("virtio_pci", "virtio_blk")})
     files = DictFiles({"/usr/bin/dracut": "#!/bin/sh\n"})
     result = initramfs.plan(files, info, SEED)
     assert new_text(result.edits, "/etc/dracut.conf.d/90-p2vimage-virtio.conf") == (

@@ -6,14 +6,18 @@ import pytest
 
 from p2vimage.build.fsprofile import choose
 from p2vimage.core.errors import InputError
-from p2vimage.guest.facts import GuestFacts, Version
+from p2vimage.guest.facts import Version
+from p2vimage.guest.record import Bootloader, GuestRecord, InitSystem, Kernel
 
 
 def facts(kernels: tuple[Version, ...] = ((6, 1, 0),), bootloader: str = "grub2",
-          e2fs: Version | None = (1, 47, 0), grub: Version | None = (2, 6)) -> GuestFacts:
-    return GuestFacts(kernels=tuple(f"vmlinuz-{'.'.join(map(str, k))}" for k in kernels),
-                      kernel_versions=kernels, bootloader=bootloader, grub_version=grub,
-                      syslinux_version=None, e2fsprogs_version=e2fs, distro="test")
+          e2fs: Version | None = (1, 47, 0), grub: Version | None = (2, 6)) -> GuestRecord:
+    versions = ['.'.join(map(str, k)) for k in kernels]
+    return GuestRecord(
+        distro="debian", version="12", product="test", arch="x86_64", init=InitSystem.SYSTEMD,
+        kernels=tuple(Kernel(v, f"/boot/vmlinuz-{v}", None) for v in versions),
+        bootloader=Bootloader(bootloader), grub_version=grub, syslinux_version=None,
+        e2fsprogs_version=e2fs, nics=(), interfaces=(), predictable_names=True)
 
 
 def test_grub_legacy_gets_ext3_with_128_byte_inodes() -> None:

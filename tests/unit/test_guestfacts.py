@@ -1,10 +1,11 @@
-"""Guest facts read from files in a tree."""
+"""The guest record read from files in a tree: kernels, bootloader, versions, release."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from p2vimage.guest.facts import inspect_tree, parse_version
+from p2vimage.guest.facts import parse_version
+from p2vimage.guest.record import from_tree
 
 DPKG_STATUS = """\
 Package: e2fsprogs
@@ -49,12 +50,15 @@ def test_lenny_tree(tmp_path: Path) -> None:
         "boot/grub/menu.lst": "default 0\n",
         "etc/debian_version": "5.0.10\n",
     })
-    facts = inspect_tree(root)
-    assert facts.kernels == ("vmlinuz-2.6.18-6-686", "vmlinuz-2.6.26-2-vserver-686-bigmem")
+    facts = from_tree(root)
+    assert [k.image for k in facts.kernels] == ["/boot/vmlinuz-2.6.18-6-686",
+                                                "/boot/vmlinuz-2.6.26-2-vserver-686-bigmem"]
+    assert [k.initrd for k in facts.kernels] == [
+        None, "/boot/initrd.img-2.6.26-2-vserver-686-bigmem"]
     assert facts.oldest_kernel == (2, 6, 18)
     assert facts.bootloader == "grub-legacy"
     assert facts.e2fsprogs_version == (1, 41, 3)
-    assert facts.distro == "debian_version 5.0.10"
+    assert (facts.distro, facts.version, facts.product) == ("debian", "5", "Debian 5.0.10")
 
 
 def test_e2fsprogs_from_binary_without_package_database(tmp_path: Path) -> None:
@@ -65,10 +69,11 @@ def test_e2fsprogs_from_binary_without_package_database(tmp_path: Path) -> None:
         "boot/grub/menu.lst": "default=0\n",
         "etc/redhat-release": "CentOS release 6.10 (Final)\n",
     })
-    facts = inspect_tree(root)
+    facts = from_tree(root)
     assert facts.e2fsprogs_version == (1, 41, 12)
     assert facts.bootloader == "grub-legacy"
-    assert facts.kernel_versions == ((2, 6, 32),)
+    assert [k.numbers for k in facts.kernels] == [(2, 6, 32)]
+    assert (facts.distro, facts.version) == ("centos", "6.10")
 
 
 def test_grub2_guest(tmp_path: Path) -> None:
@@ -77,17 +82,19 @@ def test_grub2_guest(tmp_path: Path) -> None:
                                "Version: 2.06-13+deb12u1\n\nPackage: grub-common\n"
                                "Status: install ok installed\nVersion: 2.06-13+deb12u1\n",
         "boot/vmlinuz-6.1.0-56-amd64": b"k",
-        "etc/os-release": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\n',
+        "etc/os-release": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\n'
+                          'VERSION_ID="12"\n',
     })
-    facts = inspect_tree(root)
+    facts = from_tree(root)
     assert facts.bootloader == "grub2"
     assert facts.grub_version == (2, 6)
-    assert facts.distro == "Debian GNU/Linux 12 (bookworm)"
+    assert facts.product == "Debian GNU/Linux 12 (bookworm)"
+    assert (facts.distro, facts.version) == ("debian", "12")
     assert facts.e2fsprogs_version is None
 
 
 def test_empty_tree(tmp_path: Path) -> None:
-    facts = inspect_tree(tmp_path)
+    facts = from_tree(tmp_path)
     assert facts.kernels == ()
     assert facts.bootloader == "none"
     assert facts.oldest_kernel is None

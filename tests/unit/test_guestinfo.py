@@ -1,17 +1,27 @@
-"""Inspection facts for convert, from guest file texts."""
+"""The record's init, kernel, udev and virtio rules, from guest file texts."""
 
 from __future__ import annotations
 
-from p2vimage.guest.inspect import (
-    Kernel,
+from p2vimage.guest import record
+from p2vimage.guest.facts import (
     builtin_modules,
+    dpkg_versions,
     init_system,
     initrd_modules,
-    kernels,
     missing_virtio,
-    predictable_names,
 )
+from p2vimage.guest.facts import predictable_names as udev_renames
+from p2vimage.guest.files import FileView
+from p2vimage.guest.record import Kernel
 from tests.fakes import DictFiles
+
+
+def kernels(view: FileView) -> tuple[Kernel, ...]:
+    return record.read(view).kernels
+
+
+def predictable_names(view: FileView) -> bool:
+    return udev_renames(view, dpkg_versions(view, {"udev"}))
 
 
 def test_init_systems() -> None:
@@ -54,9 +64,8 @@ def test_missing_virtio() -> None:
     listing = ("usr/lib/modules/5.10.0-1/kernel/drivers/block/virtio_blk.ko.xz\n"
                "usr/lib/modules/5.10.0-1/kernel/fs/ext4/ext4.ko\n")
     assert initrd_modules(listing) == {"virtio_blk", "ext4"}
-    kernel = Kernel("5.10.0-1", "/boot/vmlinuz-5.10.0-1", "/boot/initrd.img-5.10.0-1")
-    assert missing_virtio(files, kernel, lambda _: listing) == ()
-    assert missing_virtio(files, kernel, lambda _: "") == ("virtio_blk",)
-    bare = Kernel("5.10.0-1", "/boot/vmlinuz-5.10.0-1", None)
-    assert missing_virtio(DictFiles({}), bare, lambda _: "") == (
+    initrd = "/boot/initrd.img-5.10.0-1"
+    assert missing_virtio(files, "5.10.0-1", initrd, lambda _: listing) == ()
+    assert missing_virtio(files, "5.10.0-1", initrd, lambda _: "") == ("virtio_blk",)
+    assert missing_virtio(DictFiles({}), "5.10.0-1", None, lambda _: "") == (
         "virtio_pci", "virtio_blk", "virtio_net")

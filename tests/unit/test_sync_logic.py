@@ -149,12 +149,10 @@ def test_facts_from_the_probe() -> None:
     out = ("/dev/sda1 / ext3 rw 0 0\nproc /proc proc rw 0 0\n/dev/sda5 /var ext3 rw 0 0\n@@@\n"
            "2.6.26-2-vserver-686\n@@@\nrsync  version 3.0.3  protocol version 30\n@@@\n"
            "Filesystem 1024-blocks Used Available Capacity Mounted on\n"
-           "/dev/sda1 960504 412116 499596 46% /\n/dev/sda5 4806904 2100004 2462712 47% /var\n"
-           "@@@\nboot/grub/menu.lst\n")
+           "/dev/sda1 960504 412116 499596 46% /\n/dev/sda5 4806904 2100004 2462712 47% /var\n")
     facts = parse_facts(out)
     assert facts["kernel"] == "2.6.26-2-vserver-686"
     assert facts["rsync_version"] == [3, 0, 3]
-    assert facts["bootloader"] == "grub-legacy"
     assert facts["mounts"][2] == {"device": "/dev/sda5", "mountpoint": "/var", "type": "ext3",
                                   "size_kib": 4806904, "used_kib": 2100004}
     assert "size_kib" not in facts["mounts"][1]  # df -P lists no pseudo filesystem here

@@ -25,7 +25,7 @@ from p2vimage.convert.fixups import (
     initramfs,
     network,
 )
-from p2vimage.guest import inspect
+from p2vimage.guest import record
 
 ALL = (fstab, network, console, hardware, grub_legacy, grub2, extlinux, initramfs)
 Digest = dict[str, list[int]]
@@ -37,8 +37,8 @@ def writes() -> tuple[str, ...]:
 
 
 def reads() -> tuple[str, ...]:
-    """Every path convert's plans depend on: the fixups' inputs and the inspection's."""
-    return tuple(dict.fromkeys([*inspect.READS, *(p for fixup in ALL for p in fixup.READS)]))
+    """Every path convert's plans depend on: the fixups' inputs and the guest record's."""
+    return tuple(dict.fromkeys([*record.READS, *(p for fixup in ALL for p in fixup.READS)]))
 
 
 def _match(rel: str, patterns: tuple[str, ...]) -> bool:

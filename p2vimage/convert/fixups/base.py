@@ -8,6 +8,19 @@ import enum
 from typing import ClassVar
 
 from p2vimage.guest.files import FileView
+from p2vimage.guest.record import GuestRecord
+
+
+@dataclasses.dataclass(frozen=True)
+class Inspection:
+    """What convert plans from: the guest's record, and the facts of the disk it is on."""
+
+    record: GuestRecord
+    root_uuid: str
+    fstype: str
+    mbr_code: bytes = b""  # the first 440 bytes of the disk
+    bootable: bool = False  # partition 1 has the boot flag
+    root_boot_sector: bytes = b""  # the root filesystem's first sector (extlinux's VBR)
 
 
 class Loader(enum.StrEnum):

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import re
 
-from p2vimage.convert.fixups.base import Result, Target
+from p2vimage.convert.fixups.base import Inspection, Result, Target
 from p2vimage.guest.files import FileView, read_text
-from p2vimage.guest.inspect import GuestInfo
 
 INITTAB = "/etc/inittab"
 WANTS = "etc/systemd/system/getty.target.wants"
@@ -27,21 +26,21 @@ READS = ("etc/inittab", "etc/securetty", "lib/systemd/system/serial-getty@.servi
 WRITES = ("etc/inittab", f"{WANTS}/serial-getty@ttyS0.service", "etc/init/ttyS0.conf",
           "etc/securetty")
 
-def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
+def plan(view: FileView, info: Inspection, target: Target) -> Result:
     """The getty for ttyS0 in whatever init the guest runs."""
     result = Result("console")
     inittab = read_text(view, INITTAB)
-    if info.init == "sysvinit" or (inittab is not None and info.init == "unknown"):
+    if info.record.init == "sysvinit" or (inittab is not None and info.record.init == "unknown"):
         text = inittab or ""
         if not _ACTIVE_TTYS0.search(text):
             result.write(view, INITTAB, text.rstrip("\n") + f"\n{GETTY}\n")
-    elif info.init == "systemd":
+    elif info.record.init == "systemd":
         unit = next((f"{d}/serial-getty@.service" for d in ("/lib/systemd/system",
                      "/usr/lib/systemd/system") if view.is_file(f"{d}/serial-getty@.service")),
                     "/lib/systemd/system/serial-getty@.service")
         result.link(view, f"/{WANTS}/serial-getty@ttyS0.service",
                     unit)
-    elif info.init == "upstart":
+    elif info.record.init == "upstart":
         result.write(view, "/etc/init/ttyS0.conf", UPSTART_JOB)
     else:
         result.notes.append("unknown init system: no serial getty added")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from p2vimage.convert.fixups.base import (
     ExtlinuxInstall,
+    Inspection,
     Loader,
     Result,
     SetBootable,
@@ -16,7 +17,7 @@ from p2vimage.convert.fixups.base import (
     WriteMbr,
 )
 from p2vimage.guest.files import FileView
-from p2vimage.guest.inspect import GuestInfo, Kernel
+from p2vimage.guest.record import Kernel
 
 DIR = "/boot/extlinux"
 CONF = f"{DIR}/extlinux.conf"
@@ -25,13 +26,13 @@ CONF = f"{DIR}/extlinux.conf"
 READS = (f"{DIR.lstrip('/')}/*",)
 WRITES = (DIR.lstrip("/"), f"{DIR.lstrip('/')}/*")
 
-def pick_kernel(info: GuestInfo) -> Kernel:
+def pick_kernel(info: Inspection) -> Kernel:
     """The newest kernel that has an initrd (else the newest kernel)."""
-    with_initrd = [k for k in info.kernels if k.initrd]
-    return (with_initrd or list(info.kernels))[-1]
+    with_initrd = [k for k in info.record.kernels if k.initrd]
+    return (with_initrd or list(info.record.kernels))[-1]
 
 
-def config(info: GuestInfo, target: Target) -> str:
+def config(info: Inspection, target: Target) -> str:
     """The extlinux.conf text: serial console, the kernel, root and console arguments."""
     kernel = pick_kernel(info)
     append = [f"root={target.root_spec}", "ro", *target.kernel_args]
@@ -45,13 +46,13 @@ def config(info: GuestInfo, target: Target) -> str:
         "TIMEOUT 20\n"
         "\n"
         "LABEL linux\n"
-        f"  MENU LABEL {info.distro} {info.version}, kernel {kernel.version}\n"
+        f"  MENU LABEL {info.record.distro} {info.record.version}, kernel {kernel.version}\n"
         f"  KERNEL {kernel.image}\n"
         f"  APPEND {' '.join(append)}\n"
     )
 
 
-def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
+def plan(view: FileView, info: Inspection, target: Target) -> Result:
     """extlinux.conf, and the install, MBR and boot-flag actions that are still needed."""
     result = Result("extlinux")
     if target.bootloader != Loader.EXTLINUX:

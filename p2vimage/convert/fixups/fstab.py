@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import re
 
-from p2vimage.convert.fixups.base import Result, SwapFile, Target
+from p2vimage.convert.fixups.base import Inspection, Result, SwapFile, Target
 from p2vimage.guest.files import FileView, read_text
-from p2vimage.guest.inspect import GuestInfo
 
 PATH = "/etc/fstab"
 SWAPFILE = "/swapfile"
@@ -39,7 +38,7 @@ def is_disk(spec: str, fstype: str, options: str) -> bool:
     return fstype not in NOT_DISK_TYPES and bool(_DISK.match(spec))
 
 
-def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
+def plan(view: FileView, info: Inspection, target: Target) -> Result:
     """The new /etc/fstab (see the module docstring)."""
     result = Result("fstab")
     text = read_text(view, PATH)

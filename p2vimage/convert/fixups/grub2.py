@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 import shlex
 
-from p2vimage.convert.fixups.base import Grub2Install, Loader, Result, Target, add_args
+from p2vimage.convert.fixups.base import Grub2Install, Inspection, Loader, Result, Target, add_args
 from p2vimage.guest.files import FileView, read_text
-from p2vimage.guest.inspect import GuestInfo
 
 DEFAULTS = "/etc/default/grub"
 _ASSIGN = re.compile(r"^(\s*)([A-Z_]+)=(.*)$")
@@ -54,7 +53,7 @@ def rewrite_defaults(text: str, target: Target) -> str:
     return "\n".join(out) + "\n"
 
 
-def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
+def plan(view: FileView, info: Inspection, target: Target) -> Result:
     """The /etc/default/grub edit and, when anything changed or GRUB is absent, the install."""
     result = Result("grub2")
     if target.bootloader != Loader.GRUB2:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import re
 
-from p2vimage.convert.fixups.base import Loader, Result, Target, add_args
+from p2vimage.convert.fixups.base import Inspection, Loader, Result, Target, add_args
 from p2vimage.guest.files import FileView, read_text
-from p2vimage.guest.inspect import GuestInfo
 
 MENU = "/boot/grub/menu.lst"
 DEVICE_MAP = "/boot/grub/device.map"
@@ -57,7 +56,7 @@ def rewrite_menu(text: str, view: FileView, target: Target) -> str:
     return "\n".join(out) + "\n"
 
 
-def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
+def plan(view: FileView, info: Inspection, target: Target) -> Result:
     """The menu.lst and device.map edits (only when the guest has a menu.lst)."""
     result = Result("grub-legacy")
     text = read_text(view, MENU)
@@ -65,7 +64,7 @@ def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
         return result
     result.write(view, MENU, rewrite_menu(text, view, target))
     result.write(view, DEVICE_MAP, "(hd0)\t/dev/vda\n")
-    if target.bootloader != Loader.GRUB2 and info.bootloader == "grub-legacy":
+    if target.bootloader != Loader.GRUB2 and info.record.bootloader == "grub-legacy":
         result.notes.append(f"grub-legacy cannot be installed offline: booting with "
                             f"{target.bootloader}; menu.lst kept correct for update-grub")
     return result

@@ -3,9 +3,8 @@ reported, and disabled with ``--disable-hardware-services``."""
 
 from __future__ import annotations
 
-from p2vimage.convert.fixups.base import Result, Target
+from p2vimage.convert.fixups.base import Inspection, Result, Target
 from p2vimage.guest.files import FileView
-from p2vimage.guest.inspect import GuestInfo
 
 SERVICES: dict[str, tuple[str, ...]] = {
     "mdadm": ("mdadm", "mdadm-raid", "mdmonitor"),
@@ -47,7 +46,7 @@ def _disable_sysv(view: FileView, result: Result, name: str) -> None:
                 result.link(view, f"{d}/K{link[1:]}", target)
 
 
-def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
+def plan(view: FileView, info: Inspection, target: Target) -> Result:
     """Report the hardware-bound services; disable them when asked."""
     result = Result("hardware")
     for kind, paths in found_services(view).items():
@@ -61,7 +60,7 @@ def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
                 _disable_sysv(view, result, name)
             else:
                 result.link(view, f"/etc/systemd/system/{name}", "/dev/null")
-    for kernel in info.kernels:
+    for kernel in info.record.kernels:
         if "vserver" in kernel.version:
             result.notes.append(f"vserver kernel {kernel.version}: its vserver guests keep "
                                 "running inside the VM; check /etc/vservers after boot")

@@ -2,13 +2,13 @@
 guest's initramfs configuration and ask for a rebuild with the guest's own tool.
 
 Which modules an initrd lacks is found by ``convert`` (listing each initrd and the kernel's
-built-in modules) and given in ``GuestInfo.missing_modules``; this module only decides."""
+built-in modules) and given in ``GuestRecord.missing_virtio``; this module only decides."""
 
 from __future__ import annotations
 
-from p2vimage.convert.fixups.base import InitramfsRebuild, Result, Target
+from p2vimage.convert.fixups.base import InitramfsRebuild, Inspection, Result, Target
+from p2vimage.guest.facts import VIRTIO
 from p2vimage.guest.files import FileView, read_text
-from p2vimage.guest.inspect import VIRTIO, GuestInfo
 
 INITRDS = ("boot/initrd.img-*", "boot/initrd-*", "boot/initramfs-*")  # rebuilt ones
 TOOLS = {  # tool: (its binary in the guest, the configuration file the modules go to)
@@ -33,11 +33,11 @@ def guest_tool(view: FileView) -> str | None:
     return None
 
 
-def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
+def plan(view: FileView, info: Inspection, target: Target) -> Result:
     """Config edits and one rebuild action for the kernels whose initrd lacks virtio."""
     result = Result("initramfs")
-    missing = {k: m for k, m in info.missing_modules.items() if m}
-    for kernel in info.kernels:
+    missing = {k: m for k, m in (info.record.missing_virtio or {}).items() if m}
+    for kernel in info.record.kernels:
         if kernel.version in missing:
             result.notes.append(f"{kernel.initrd or kernel.version}: lacks "
                                 f"{', '.join(missing[kernel.version])}")

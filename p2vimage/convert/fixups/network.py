@@ -1,14 +1,14 @@
 """Network: drop the MAC-bound udev naming and stop its generator, keep the static
 configuration, report configuration bound to the old MACs. NIC names are pinned with
-``net.ifnames=0`` (in the kernel arguments, see guestinfo) when the guest names ethN."""
+``net.ifnames=0`` (in the kernel arguments, see convert's ``choose_target``) when the guest
+names ethN."""
 
 from __future__ import annotations
 
 import re
 
-from p2vimage.convert.fixups.base import Result, Target
+from p2vimage.convert.fixups.base import Inspection, Result, Target
 from p2vimage.guest.files import FileView, read_text
-from p2vimage.guest.inspect import GuestInfo
 
 RULES = "/etc/udev/rules.d/70-persistent-net.rules"
 GENERATORS = ("/lib/udev/rules.d/75-persistent-net-generator.rules",
@@ -35,7 +35,7 @@ def mac_bound(view: FileView) -> list[str]:
     return found
 
 
-def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
+def plan(view: FileView, info: Inspection, target: Target) -> Result:
     """Remove the persistent-net rules, mask their generator, report MAC-bound config."""
     result = Result("network")
     result.remove(view, RULES)
@@ -43,8 +43,8 @@ def plan(view: FileView, info: GuestInfo, target: Target) -> Result:
         result.link(view, MASK, "/dev/null")
     for line in mac_bound(view):
         result.notes.append(f"bound to an old MAC: {line}")
-    if info.nics:
-        result.notes.append(f"configured NICs: {', '.join(info.nics)}")
+    if info.record.nics:
+        result.notes.append(f"configured NICs: {', '.join(info.record.nics)}")
     if "net.ifnames=0" in target.kernel_args:
         result.notes.append("NIC names pinned with net.ifnames=0 (the config names ethN)")
     return result
