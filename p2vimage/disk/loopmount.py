@@ -23,7 +23,9 @@ def possible() -> bool:
 @contextlib.contextmanager
 def mounted(image: Path, pseudo: bool = False) -> Iterator[Path]:
     """Yield the mount point of the filesystem in ``image`` (with /dev, /proc, /sys if
-    ``pseudo``). Raises PreconditionError without root."""
+    ``pseudo``, and a throwaway tmpfs on the guest's /run, /tmp and /var/tmp, so what a tool
+    run in the chroot leaves there — blkid's cache, mkinitramfs' work files, the mtimes of
+    those directories — never reaches the image). Raises PreconditionError without root."""
     if os.geteuid() != 0:
         raise PreconditionError(f"loop-mounting {image} needs root",
                                 hint="run as root or choose the method that needs none")
@@ -41,6 +43,13 @@ def mounted(image: Path, pseudo: bool = False) -> Iterator[Path]:
                                  ("sys", ["-t", "sysfs", "sysfs"])):
                     runmod.run(["mount", *opts, str(mnt / fs)], what="mount")
                     done.append(mnt / fs)
+                for scratch in ("run", "tmp", "var/tmp"):
+                    where = mnt / scratch
+                    if where.is_dir() and not where.is_symlink() \
+                            and not where.parent.is_symlink():
+                        runmod.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs",
+                                    str(where)], what="mount")
+                        done.append(where)
             yield mnt
         finally:
             for path in reversed(done):
