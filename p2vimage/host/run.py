@@ -47,6 +47,7 @@ PACKAGES: Mapping[str, str] = {
 }
 
 Completed = subprocess.CompletedProcess
+Popen = subprocess.Popen
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
 TimeoutExpired = subprocess.TimeoutExpired
