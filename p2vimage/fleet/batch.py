@@ -142,12 +142,16 @@ def run(fleet: Fleet, batch_dir: Path, limits: Limits, until: str | None, here: 
                 log.info("%s: convert was stopped half-way; the built image is back in "
                          "place", host.name)
             done = hostrun.done(host, where)
+            if "convert" in done:  # (a runner killed right after convert passed kept it)
+                hostrun.drop_built(where)
             record = _host_record(host, where, chosen, done, old["hosts"].get(host.name), here)
             queue = [Unit(host.name, s, tuple(hostrun.stage_argv(host, where, s)),
                           where.log(s), where.result(s)) for s in chosen if s not in done]
             if not chosen:
-                record.update(status="not-run", error="no stage this version runs ("
-                              + ", ".join(hostrun.unavailable(host)) + ")")
+                later = hostrun.unavailable(host)
+                record.update(status="not-run", error="no stage to run" + (
+                    f" up to --until {until}" if until else "") + (
+                    f" (not run by this version: {', '.join(later)})" if later else ""))
             elif not queue:
                 record["status"] = "passed"
                 record["finished"] = max((d.get("finished") or 0 for d in done.values()),

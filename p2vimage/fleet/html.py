@@ -71,7 +71,8 @@ def _timeline(host: dict[str, Any], t0: float, span: float) -> str:
         left = 100 * (stage["started"] - t0) / span
         width = max(0.5, 100 * (end - stage["started"]) / span)
         took = f" in {stage['seconds']:.0f} s" if stage["seconds"] is not None else ""
-        title = f"{stage['name']}: {stage['status']}{took}"
+        again = f", attempt {stage['attempts']}" if stage.get("attempts", 0) > 1 else ""
+        title = f"{stage['name']}: {stage['status']}{took}{again}"
         segs.append(f'<span class="seg s-{escape(stage["status"])}" style="left:{left:.2f}%;'
                     f'width:{min(width, 100 - left):.2f}%" title="{escape(title)}">'
                     f'{escape(stage["name"])}</span>')

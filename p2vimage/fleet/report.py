@@ -52,7 +52,7 @@ def _stage(name: str, entry: dict[str, Any]) -> dict[str, Any]:
     seconds = round(finished - started, 1) if started and finished else None
     return {"name": name, "status": entry["status"], "started": started, "finished": finished,
             "seconds": seconds, "log": entry.get("log"), "result": entry.get("result"),
-            "error": entry.get("error")}
+            "error": entry.get("error"), "attempts": entry.get("attempts", 0)}
 
 
 def _host(record: dict[str, Any], cutover: dict[str, Any] | None) -> dict[str, Any]:

@@ -186,6 +186,8 @@ class Scheduler:
             log.flush()
             try:
                 if self.prepare is not None:
+                    host.update(status="running", stage=unit.stage, waiting=None)
+                    self.save()  # status shows what the host does while it is prepared
                     self.prepare(unit)
                 proc = runmod.popen(unit.argv, stdout=out.fileno(), stderr=log.fileno(),
                                     new_session=True)
@@ -199,9 +201,10 @@ class Scheduler:
         self.running[unit.host] = _Child(unit, proc, now)
         host.update(status="running", stage=unit.stage, waiting=None,
                     started=host.get("started") or now, finished=None)
-        host["stages"][unit.stage].update(status="running", started=now, finished=None,
-                                          pid=proc.pid, log=os.fspath(unit.log),
-                                          result=os.fspath(unit.result), error=None)
+        entry = host["stages"][unit.stage]
+        entry.update(status="running", started=now, finished=None, pid=proc.pid,
+                     log=os.fspath(unit.log), result=os.fspath(unit.result), error=None,
+                     attempts=entry.get("attempts", 0) + 1)
         self.live.event(f"{unit.host}: {unit.stage} started")
 
     # -- finishing

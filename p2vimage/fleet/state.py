@@ -12,8 +12,8 @@ Layout (JSON): ``{"kind", "version", "inventory", "sections": {"run": SECTION,
 "cutover": SECTION}}``; a SECTION is ``{"verb", "pid", "started", "finished", "limits",
 "hosts": {NAME: HOST}}``; a HOST is ``{"name", "wave", "waves", "dir", "conversion_host",
 "status", "stage", "waiting", "error", "failed_stage", "started", "finished", "stages":
-{STAGE: {"status", "started", "finished", "pid", "log", "result", "error"}}}`` plus, for
-run, ``"console_log"`` and ``"smoke_report"``.
+{STAGE: {"status", "started", "finished", "pid", "log", "result", "error", "attempts"}}}``
+plus, for run, ``"image"``, ``"console_log"`` and ``"smoke_report"``.
 """
 
 from __future__ import annotations

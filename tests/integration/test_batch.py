@@ -53,7 +53,7 @@ def inventory(top: Path, server: Sshd, trees: dict[str, Path]) -> Path:
                      "p2v_default_probe": False, "p2v_probes": ["tcp:22:SSH-2.0"]},
         },
     }
-    data = {"all": {"vars": {"p2v_identity": str(server.key),
+    data = {"all": {"vars": {"p2v_stages": STAGES, "p2v_identity": str(server.key),
                              "p2v_ssh_options": [f"UserKnownHostsFile={server.known_hosts}"]},
                     "children": {w: {"hosts": h} for w, h in hosts.items()}}}
     path.write_text(json.dumps(data, indent=1))  # JSON is YAML
@@ -189,10 +189,13 @@ def test_kill_leaves_interrupted_stages_then_rerun_redoes_only_them(fleet: Fleet
     for path, mtime in fleet.stamps_before.items():
         assert now.get(path) == mtime, f"{path} was written again"
     # the interrupted stages were redone (their log has a second attempt) and stamped
+    rep = json.loads((fleet.batch_dir / "report/report.json").read_text())
+    attempts = {(h["name"], s["name"]): s["attempts"] for h in rep["hosts"] for s in h["stages"]}
     for host, stage in interrupted:
         log = (fleet.batch_dir / "hosts" / host / "logs" / f"{stage}.log").read_text()
         assert log.count("=== ") == 2, log[-2000:]
         assert f"hosts/{host}/work/{stage}.stamp.json" in now
+        assert attempts[host, stage] == 2
     for host in ("bullseye", "bookworm", "novirtio", "vda1"):
         assert {f"hosts/{host}/work/{s}.stamp.json" for s in STAGES} <= set(now)
     # no stage finished before the kill ran again: one attempt in its log
@@ -200,8 +203,10 @@ def test_kill_leaves_interrupted_stages_then_rerun_redoes_only_them(fleet: Fleet
         if status == "passed":
             log = (fleet.batch_dir / "hosts" / host / "logs" / f"{stage}.log").read_text()
             assert log.count("=== ") == 1, (host, stage)
-    # the built image's copy kept for convert is gone once convert passed
-    assert not list(fleet.batch_dir.glob("hosts/*/*.raw.built"))
+    # the built image's copy kept for convert is gone once convert passed (kept when it
+    # failed: the next run starts convert from it, not from a new build)
+    kept = fleet.batch_dir.glob("hosts/*/*.raw.built")
+    assert [p.name for p in kept] == ["nokernel.raw.built"]
     plan = json.loads(p2v("--json", "batch", "plan", fleet.inventory, check=True).stdout)
     assert {h["name"]: h["to_run"] for h in plan["hosts"]} == {
         "bullseye": [], "bookworm": [], "nokernel": ["convert", "smoke"], "novirtio": [],
