@@ -231,8 +231,6 @@ def ssh_source_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return _added(SSH_SOURCE, verb)
 
 
-
-
 SYNC_SELECTION: tuple[Decorator, ...] = (
     click.option("--exclude", "excludes", multiple=True,
                  help="rsync exclude pattern, on top of the profile. Repeatable."),

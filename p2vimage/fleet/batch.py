@@ -92,8 +92,8 @@ def _host_record(host: FleetHost, where: hostrun.HostPaths, chosen: tuple[str, .
             stages[name] = before  # finished earlier in this batch: keep its times and logs
         elif name in done:
             stages[name] = {"status": "done-before", "finished": done[name].get("finished")}
-        else:
-            stages[name] = {"status": "pending"}
+        else:  # to run (again: its attempts so far are counted on)
+            stages[name] = {"status": "pending", "attempts": (before or {}).get("attempts", 0)}
     record = {"name": host.name, "wave": _wave(host), "waves": list(host.waves),
               "dir": os.fspath(where.root), "image": os.fspath(where.image),
               "conversion_host": here, "status": "queued", "stage": None, "waiting": None,

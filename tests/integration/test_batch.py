@@ -190,7 +190,8 @@ def test_kill_leaves_interrupted_stages_then_rerun_redoes_only_them(fleet: Fleet
         assert now.get(path) == mtime, f"{path} was written again"
     # the interrupted stages were redone (their log has a second attempt) and stamped
     rep = json.loads((fleet.batch_dir / "report/report.json").read_text())
-    attempts = {(h["name"], s["name"]): s["attempts"] for h in rep["hosts"] for s in h["stages"]}
+    attempts = {(h["name"], s["name"]): s["attempts"]
+                for h in rep["hosts"] for s in h["stages"]}
     for host, stage in interrupted:
         log = (fleet.batch_dir / "hosts" / host / "logs" / f"{stage}.log").read_text()
         assert log.count("=== ") == 2, log[-2000:]

@@ -138,6 +138,9 @@ def test_kill_9_of_the_runner_then_the_same_command(tmp_path: Path) -> None:
     assert {n: after[n] for n in before} == before
     log = (batch_dir / f"hosts/{interrupted}/logs/build.log").read_text()
     assert log.count("=== ") == 2
+    rep = json.loads((batch_dir / "report/report.json").read_text())
+    assert {h["name"]: h["stages"][0]["attempts"] for h in rep["hosts"]} == {
+        f"h{n}": 2 if f"h{n}" == interrupted else 1 for n in range(4)}
     assert not list(batch_dir.glob("hosts/*/.*partial*"))
 
 
