@@ -180,31 +180,30 @@ class Scheduler:
         host = self.hosts[unit.host]
         unit.log.parent.mkdir(parents=True, exist_ok=True)
         now = time.time()
+        host.update(status="running", stage=unit.stage, waiting=None,
+                    started=host.get("started") or now, finished=None)
+        entry = host["stages"][unit.stage]
+        entry.update(status="running", started=now, finished=None, pid=None,
+                     log=os.fspath(unit.log), result=os.fspath(unit.result), error=None,
+                     attempts=entry.get("attempts", 0) + 1)
         with open(unit.log, "ab") as log, open(unit.result, "wb") as out:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
             log.write(f"=== {stamp} {unit.stage}: {' '.join(unit.argv)}\n".encode())
             log.flush()
             try:
                 if self.prepare is not None:
-                    host.update(status="running", stage=unit.stage, waiting=None)
-                    self.save()  # status shows what the host does while it is prepared
+                    self.save()  # (status shows the stage begun while it is prepared)
                     self.prepare(unit)
                 proc = runmod.popen(unit.argv, stdout=out.fileno(), stderr=log.fileno(),
                                     new_session=True)
             except (P2VError, OSError) as exc:
                 error = exc.one_line() if isinstance(exc, P2VError) else str(exc)
                 log.write(f"error: {error}\n".encode())
-                host["stages"][unit.stage].update(started=now, log=os.fspath(unit.log))
                 self._record(unit, now, {"ok": False, "skipped": False, "error": error,
                                          "exit_code": 1, "report": {}})
                 return
         self.running[unit.host] = _Child(unit, proc, now)
-        host.update(status="running", stage=unit.stage, waiting=None,
-                    started=host.get("started") or now, finished=None)
-        entry = host["stages"][unit.stage]
-        entry.update(status="running", started=now, finished=None, pid=proc.pid,
-                     log=os.fspath(unit.log), result=os.fspath(unit.result), error=None,
-                     attempts=entry.get("attempts", 0) + 1)
+        entry["pid"] = proc.pid
         self.live.event(f"{unit.host}: {unit.stage} started")
 
     # -- finishing

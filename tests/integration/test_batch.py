@@ -139,7 +139,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             data = read_state(batch_dir)
             killed_while = stage_status(data)
             pids = {e["pid"] for rec in data["sections"]["run"]["hosts"].values()
-                    for e in rec["stages"].values() if e["status"] == "running"}
+                    for e in rec["stages"].values() if e["status"] == "running" and e["pid"]}
             before = stamps(batch_dir)
             runner.send_signal(signal.SIGKILL)
             runner.wait()

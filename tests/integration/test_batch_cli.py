@@ -115,7 +115,7 @@ def test_kill_9_of_the_runner_then_the_same_command(tmp_path: Path) -> None:
         hosts = data["sections"]["run"]["hosts"] if data else {}
         done = [n for n, h in hosts.items() if h["status"] == "passed"]
         running = {n: h["stages"]["build"]["pid"] for n, h in hosts.items()
-                   if h["status"] == "running"}
+                   if h["status"] == "running" and h["stages"]["build"]["pid"]}
         if done and running:
             break
         time.sleep(0.05)
