@@ -374,3 +374,9 @@ def demo(workdir: Path) -> dict[str, Any]:
     return run(RunOptions(source=tree, image=workdir / "bullseye-i386.raw",
                           workdir=workdir / "work", force=True,
                           smoke=SmokeSettings(probes=(page,))))
+
+
+def finished(opts: RunOptions) -> dict[str, dict[str, Any]]:
+    """The stages a ``--resume`` run with ``opts`` would skip, each with its stamp (what
+    ``batch plan`` shows as done, by the same rule)."""
+    return _done(opts, stage_options(opts))

@@ -16,6 +16,7 @@ from p2vimage import __version__, pipeline
 from p2vimage.build import refresh as refreshmod
 from p2vimage.build import stage as image
 from p2vimage.build import verify
+from p2vimage.cli import batch as cli_batch
 from p2vimage.cli import cloud as cli_cloud
 from p2vimage.cli import cutover as cli_cutover
 from p2vimage.cli.options import (
@@ -30,6 +31,7 @@ from p2vimage.cli.options import (
     enum_option,
     smoke_options,
     ssh_source_options,
+    sync_selection_options,
 )
 from p2vimage.cloud.options import CloudSettings
 from p2vimage.convert import stage as convert
@@ -164,6 +166,7 @@ def smoke_cmd(settings: Settings, image_path: Path, smoke_settings: SmokeSetting
 @click.option("--staging", type=click.Path(path_type=Path, file_okay=False),
               help="With an ssh:// SOURCE: the staging tree the sync stage fills.")
 @ssh_source_options
+@sync_selection_options
 @click.option("--from", "first", type=click.Choice(pipeline.STAGES), default=None,
               help="First stage to run (default: sync for an ssh:// SOURCE, else build).")
 @click.option("--until", "last", type=click.Choice(pipeline.STAGES), default="smoke",
@@ -176,8 +179,9 @@ def smoke_cmd(settings: Settings, image_path: Path, smoke_settings: SmokeSetting
 @cloud_options
 @click.pass_obj
 def run_cmd(settings: Settings, source: str, output: Path, staging: Path | None,
-            source_access: sync.SourceAccess, first: str | None, last: str, resume: bool,
-            force: bool, build_settings: image.BuildSettings,
+            source_access: sync.SourceAccess, excludes: tuple[str, ...], bwlimit: str | None,
+            first: str | None, last: str, resume: bool, force: bool,
+            build_settings: image.BuildSettings,
             convert_settings: ConvertSettings, smoke_settings: SmokeSettings,
             cloud_settings: CloudSettings) -> None:
     """The pipeline: SOURCE (a tree, or ssh://[user@]host[:port]/ synced into --staging first)
@@ -188,7 +192,7 @@ def run_cmd(settings: Settings, source: str, output: Path, staging: Path | None,
         if staging is None:
             raise click.UsageError("an ssh:// SOURCE needs --staging DIR for the synced tree")
         sync_opts = sync.SyncOptions(source=parse_source(source), staging=staging,
-                                     access=source_access)
+                                     excludes=excludes, bwlimit=bwlimit, access=source_access)
         tree = staging
     else:
         tree = Path(source)
@@ -260,6 +264,7 @@ def verify_cmd(settings: Settings, source: Path, image_path: Path, strict: bool,
 # Verb families that live in their own modules register themselves on the group.
 cli_cloud.register(cli)
 cli_cutover.register(cli)
+cli_batch.register(cli)
 
 
 GLOBAL_FLAGS = ("--debug", "--json", "-q", "--quiet", "-v", "--verbose", "-x", "--trace")

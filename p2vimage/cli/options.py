@@ -30,7 +30,7 @@ from p2vimage.convert.options import (
 from p2vimage.core.errors import P2VError
 from p2vimage.core.units import parse_size
 from p2vimage.smoke.options import Phase, Probe, SmokeSettings, parse_probe, parse_timeout
-from p2vimage.sync.stage import SourceAccess
+from p2vimage.sync.stage import SEED_PROFILE, SourceAccess
 
 FC = TypeVar("FC", bound=Callable[..., Any])
 
@@ -345,3 +345,24 @@ def cloud_options(f: Callable[..., Any]) -> Callable[..., Any]:
         return f(*args, cloud_settings=settings, **kwargs)
 
     return _added(CLOUD, verb)
+
+
+SYNC_SELECTION: tuple[Decorator, ...] = (
+    click.option("--exclude", "excludes", multiple=True,
+                 help="rsync exclude pattern, on top of the profile. Repeatable."),
+    click.option("--profile", type=click.Choice(["seed", "none"]), default="seed",
+                 show_default=True, help="seed: the seed's excludes (/srv/backup, /var/cache, "
+                 "/var/lib/backuppc, /var/tmp)."),
+    click.option("--bwlimit", help="rsync --bwlimit (e.g. 20m)."),
+)
+
+
+def sync_selection_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """What a sync pass copies and how fast (run's sync stage), handed over as ``excludes``
+    (the profile's and the extra patterns) and ``bwlimit``."""
+    @functools.wraps(f)
+    def verb(*args: Any, excludes: tuple[str, ...], profile: str, **kwargs: Any) -> Any:
+        base = SEED_PROFILE if profile == "seed" else ()
+        return f(*args, excludes=(*base, *excludes), **kwargs)
+
+    return _added(SYNC_SELECTION, verb)

@@ -47,6 +47,7 @@ PACKAGES: Mapping[str, str] = {
 }
 
 Completed = subprocess.CompletedProcess
+Popen = subprocess.Popen
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
 TimeoutExpired = subprocess.TimeoutExpired
@@ -209,7 +210,10 @@ def last_line(text: str | bytes | None) -> str:
     return _last_line(text)
 
 
-_WATCHDOG = """sleep "$1"; fired=3; for p in /proc/[0-9]*; do
+# One-second sleeps, not one long one: a sleep has no PR_SET_PDEATHSIG of its own, so when
+# p2vimage is killed (and the shell with it) what is left ends within a second.
+_WATCHDOG = """n=$1; while [ "$n" -gt 0 ]; do sleep 1; n=$((n - 1)); done
+fired=3; for p in /proc/[0-9]*; do
   read -r _ comm _ ppid _ < "$p/stat" 2>/dev/null || continue
   case "$ppid:$comm" in "$2:(qemu"*) kill -9 "${p#/proc/}" && fired=0;; esac
 done; exit $fired"""
