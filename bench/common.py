@@ -46,17 +46,19 @@ def alternate(methods: dict[str, Callable[[], None]], rounds: int,
 
 def report(title: str, times: dict[str, list[float]], ratios: dict[str, tuple[str, str]],
            extra: dict[str, object], as_json: bool) -> None:
-    """Print medians and the named ratios (numerator / denominator of medians)."""
+    """Print medians, spreads ((max - min) / median) and the named ratios of medians."""
     medians = {name: statistics.median(ts) for name, ts in times.items()}
+    spreads = {name: (max(ts) - min(ts)) / medians[name] if medians[name] else 0.0
+               for name, ts in times.items()}
     computed = {label: medians[a] / medians[b] for label, (a, b) in ratios.items()}
     if as_json:
         print(json.dumps({"title": title, "times": times, "medians": medians,
-                          "ratios": computed, **extra}, indent=2))
+                          "spreads": spreads, "ratios": computed, **extra}, indent=2))
         return
     print(f"# {title}")
     for name, median in medians.items():
         runs = ", ".join(f"{t:.2f}" for t in times[name])
-        print(f"{name:28} median {median:8.2f} s   runs {runs}")
+        print(f"{name:28} median {median:8.2f} s  spread {spreads[name]:4.0%}   runs {runs}")
     for label, ratio in computed.items():
         print(f"{label:40} {ratio:8.2f}x")
     for key, value in extra.items():
