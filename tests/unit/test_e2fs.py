@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from p2vimage.e2fs import _decode_time, _parse_stat, find_partition, time_fields
+from p2vimage.e2fs import _decode_time, _parse_stat, find_partition, sif_by_directory, time_fields
 from p2vimage.errors import InputError
 
 
@@ -85,3 +85,17 @@ def test_find_partition_rejects_other_files(tmp_path: Path) -> None:
         find_partition(junk)
     with pytest.raises(InputError, match="does not exist"):
         find_partition(tmp_path / "missing")
+
+
+
+def test_sif_by_directory_groups_and_keeps_special_names_absolute() -> None:
+    fixes = [(b"a/b/f", b"mtime_extra 4"), (b"top", b"mtime_extra 8"), (b"a/b/<7>", b"x 1"),
+             (b"a/b", b"x 2"), (b"a/new\nline", b"x 3"), (b'a/b/q"', b"x 5")]
+    commands, by_inode = sif_by_directory(fixes)
+    assert commands == [
+        b'cd "/a/b"', b'sif "f" mtime_extra 4', b'sif "/a/b/<7>" x 1', b'sif "q""" x 5',
+        b'cd "/"', b'sif "top" mtime_extra 8',
+        b'cd "/a"', b'sif "b" x 2',
+        b'cd "/"']  # back at the root for whatever follows
+    assert by_inode == [(b"a/new\nline", b"x 3")]  # no command line carries a newline
+    assert sif_by_directory([]) == ([], [])
