@@ -95,6 +95,8 @@ def main() -> None:
                         help="leave out a method whose name contains NAME (repeatable)")
     parser.add_argument("--no-pyc", action="store_true",
                         help="do not cache compiled bytecode for the CLI")
+    parser.add_argument("--against", metavar="REV",
+                        help="also run the build (and its phases) of this git revision")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     tree = args.tree
@@ -118,7 +120,7 @@ def main() -> None:
     mke2fs_argv, out_index = _mke2fs_argv(first.stderr, os.fspath(
         image.with_name(f".{image.name}.partial")))
     mnt = work / "mnt"
-    phases: list[dict[str, float]] = []
+    phases: dict[str, list[dict[str, float]]] = {}
 
     def cp_a() -> None:
         sh(["cp", "-a", tree, work / "copy"])
@@ -136,16 +138,20 @@ def main() -> None:
         sh(argv)
         sh(["sync", target])
 
-    def p2v_build() -> None:
-        sh([*P2VIMAGE, "build", tree, "-o", image, "--force"], stderr=subprocess.DEVNULL,
-           stdout=subprocess.DEVNULL, env=env)
+    def p2v(code: Path, out: str) -> Callable[[], None]:
+        def run() -> None:
+            sh([*P2VIMAGE, "build", tree, "-o", work / out, "--force"], cwd=code, env=env,
+               stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        return run
 
-    def p2v_phases() -> None:
-        started = time.time()
-        proc = subprocess.run([sys.executable, "-c", _PHASES, "build", tree, "-o",
-                               work / "phases.img", "--force"], cwd=REPO, env=env,
-                              capture_output=True, text=True, check=True)
-        phases.append(_phases(started, time.time(), proc.stderr))
+    def p2v_phases(code: Path, out: str, label: str) -> Callable[[], None]:
+        def run() -> None:
+            started = time.time()
+            proc = subprocess.run([sys.executable, "-c", _PHASES, "build", tree, "-o",
+                                   work / out, "--force"], cwd=code, env=env,
+                                  capture_output=True, text=True, check=True)
+            phases.setdefault(label, []).append(_phases(started, time.time(), proc.stderr))
+        return run
 
     def virt_make_fs() -> None:
         sh(["virt-make-fs", "--partition=mbr", "--type=ext4", f"--size={size_mib}M",
@@ -171,8 +177,7 @@ def main() -> None:
             sh(["losetup", "-d", loop])
 
     def cleanup() -> None:
-        for name in ("copy", "stream.tar", "mke2fs.img", image.name, "phases.img", "vmf.img",
-                     "loop.img"):
+        for name in outputs:
             path = work / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -181,9 +186,22 @@ def main() -> None:
         sh(["sync"])  # no method pays for flushing another's writes
 
     methods: dict[str, Callable[[], None]] = {
-        "p2vimage build": p2v_build, "mke2fs -d + fsync": bare_mke2fs,
+        "p2vimage build": p2v(REPO, image.name), "mke2fs -d + fsync": bare_mke2fs,
         "tar stream + fsync": tar_stream, "cp -a + sync": cp_a,
-        "build (phases)": p2v_phases, "virt-make-fs": virt_make_fs}
+        "build (phases)": p2v_phases(REPO, "phases.img", "build (phases)")}
+    outputs = ["copy", "stream.tar", "mke2fs.img", image.name, "phases.img", "vmf.img",
+               "loop.img"]
+    if args.against:
+        old = work / "against"
+        old.mkdir()
+        archive = subprocess.run(["git", "archive", args.against, "p2vimage"], cwd=REPO,
+                                 check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+        methods[f"build @{args.against}"] = p2v(old, "old.img")
+        methods[f"build (phases) @{args.against}"] = p2v_phases(
+            old, "old-phases.img", f"build (phases) @{args.against}")
+        outputs += ["old.img", "old-phases.img"]
+    methods["virt-make-fs"] = virt_make_fs
     if os.geteuid() == 0:
         methods["loop mount + rsync"] = loop_rsync
     methods = {k: v for k, v in methods.items() if not any(s in k for s in args.skip)}
@@ -197,7 +215,10 @@ def main() -> None:
              "build / tar stream + fsync": ("p2vimage build", "tar stream + fsync"),
              "build / cp -a + sync": ("p2vimage build", "cp -a + sync"),
              "virt-make-fs / build": ("virt-make-fs", "p2vimage build"),
-             "loop+rsync / build": ("loop mount + rsync", "p2vimage build")}
+             "loop+rsync / build": ("loop mount + rsync", "p2vimage build"),
+             f"build @{args.against} / mke2fs -d + fsync": (f"build @{args.against}",
+                                                            "mke2fs -d + fsync"),
+             f"build / build @{args.against}": ("p2vimage build", f"build @{args.against}")}
     ratios = {k: v for k, v in pairs.items() if v[0] in times and v[1] in times}
     du = subprocess.run(["du", "-sh", "--apparent-size", tree], capture_output=True,
                         text=True, check=False).stdout.split()[0]
@@ -207,9 +228,9 @@ def main() -> None:
         "load average (1 min) before, after": f"{load_before[0]:.2f}, {load_after[0]:.2f}",
         "verify": verified.stdout.strip().splitlines()[-1] if verified.stdout else
         verified.stderr.strip(), "verify_exit": verified.returncode}
-    if phases:
-        extra["phases (median s of build (phases) runs)"] = {
-            name: round(statistics.median(p[name] for p in phases), 3) for name in PHASES}
+    for label, runs in phases.items():
+        extra[f"{label}: median s of each phase"] = {
+            name: round(statistics.median(p[name] for p in runs), 3) for name in PHASES}
     report(f"build of {tree} ({du}, image {size_mib} MiB)", times, ratios, extra, args.json)
     shutil.rmtree(work)
 
