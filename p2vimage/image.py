@@ -9,7 +9,9 @@ time, nanoseconds, and times past 2038. The msdos label is written last (``mbr.p
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import functools
 import os
 import select
 import stat
@@ -30,6 +32,23 @@ PART_OFFSET = MiB  # partition 1 starts at sector 2048
 BLOCK = 4096
 TOOLS = ("mke2fs", "debugfs")
 T = TypeVar("T")
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _start_writeback(fd: int) -> None:
+    """Start writing the file's dirty pages to disk without waiting (sync_file_range).
+
+    mke2fs leaves all it writes dirty in the page cache until its closing fsync, which
+    then waits for the whole image (0.3-0.6 s of 1.7 s on a Debian tree here); started
+    while mke2fs works, the disk writes overlap its work. Only a hint: errors are ignored.
+    """
+    _libc().sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0),
+                            ctypes.c_uint(_SYNC_FILE_RANGE_WRITE))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,8 +167,9 @@ def _populate(opts: BuildOptions, profile: fsprofile.FsProfile, scan: TreeScan,
             "-E", f"offset={PART_OFFSET}", "-d", os.fspath(opts.source),
             os.fspath(partial), f"{fs_bytes // 1024}k"]
     proc = runmod.popen(argv)
-    pidfd = -1
+    image = pidfd = -1
     try:
+        image = os.open(partial, os.O_RDONLY)
         exited = select.poll()
         with contextlib.suppress(OSError):  # readable once mke2fs exits (Linux >= 5.3)
             pidfd = os.pidfd_open(proc.pid)
@@ -157,7 +177,8 @@ def _populate(opts: BuildOptions, profile: fsprofile.FsProfile, scan: TreeScan,
         result = meanwhile()  # mke2fs is single-threaded: this runs on another core
         with progress(scan.data_bytes, "populate") as bar:
             while proc.poll() is None:
-                done = os.stat(partial).st_blocks * 512
+                _start_writeback(image)
+                done = os.fstat(image).st_blocks * 512
                 bar.update(max(0, min(done, scan.data_bytes) - bar.n))
                 if pidfd >= 0:  # wakes at once on exit; proc.wait(timeout) sleeps up to 50 ms
                     exited.poll(200)
@@ -166,8 +187,9 @@ def _populate(opts: BuildOptions, profile: fsprofile.FsProfile, scan: TreeScan,
                         proc.wait(timeout=0.2)
         _, err = proc.communicate()
     finally:
-        if pidfd >= 0:
-            os.close(pidfd)
+        for fd in (image, pidfd):
+            if fd >= 0:
+                os.close(fd)
         if proc.poll() is None:  # interrupted: never leave mke2fs writing
             proc.kill()
             proc.wait()
