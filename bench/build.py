@@ -224,7 +224,8 @@ def main() -> None:
                         text=True, check=False).stdout.split()[0]
     extra: dict[str, object] = {
         "features": ",".join(built["features"]), "inode_size": built["inode_size"],
-        "inodes": built["inodes"], "mke2fs": shlex.join(mke2fs_argv),
+        "inodes": built["inodes"],
+        "mke2fs": shlex.join([*mke2fs_argv[:out_index], "IMAGE", *mke2fs_argv[out_index + 1:]]),
         "load average (1 min) before, after": f"{load_before[0]:.2f}, {load_after[0]:.2f}",
         "verify": verified.stdout.strip().splitlines()[-1] if verified.stdout else
         verified.stderr.strip(), "verify_exit": verified.returncode}
