@@ -127,7 +127,7 @@ def main() -> None:
         sh(["sync"])
 
     def tar_stream() -> None:
-        sh(["tar", "-cSf", work / "stream.tar", "-C", tree, "."])
+        sh(["tar", "--warning=no-file-ignored", "-cSf", work / "stream.tar", "-C", tree, "."])
         sh(["sync", work / "stream.tar"])
 
     def bare_mke2fs() -> None:
@@ -209,7 +209,8 @@ def main() -> None:
                               capture_output=True, text=True, check=False, env=env)
     cp_a()  # warm the page cache for every method alike
     load_before = os.getloadavg()
-    times = alternate(methods, args.rounds, cleanup)  # each method writes a new file
+    cpu: dict[str, list[tuple[float, float]]] = {}
+    times = alternate(methods, args.rounds, cleanup, cpu)  # each method writes a new file
     load_after = os.getloadavg()
     pairs = {"build / mke2fs -d + fsync": ("p2vimage build", "mke2fs -d + fsync"),
              "build / tar stream + fsync": ("p2vimage build", "tar stream + fsync"),
@@ -229,6 +230,9 @@ def main() -> None:
         "load average (1 min) before, after": f"{load_before[0]:.2f}, {load_after[0]:.2f}",
         "verify": verified.stdout.strip().splitlines()[-1] if verified.stdout else
         verified.stderr.strip(), "verify_exit": verified.returncode}
+    extra["cpu: median user, system s"] = {
+        name: f"{statistics.median(u for u, _ in runs):.2f}, "
+              f"{statistics.median(k for _, k in runs):.2f}" for name, runs in cpu.items()}
     for label, runs in phases.items():
         extra[f"{label}: median s of each phase"] = {
             name: round(statistics.median(p[name] for p in runs), 3) for name in PHASES}

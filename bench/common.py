@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,17 +31,28 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def alternate(methods: dict[str, Callable[[], None]], rounds: int,
-              cleanup: Callable[[], None]) -> dict[str, list[float]]:
-    """Run every method once per round, in rotating order; return the timings."""
+              cleanup: Callable[[], None],
+              cpu: dict[str, list[tuple[float, float]]] | None = None) -> dict[str, list[float]]:
+    """Run every method once per round, in rotating order; return the timings.
+
+    ``cpu`` receives each run's (user, system) CPU seconds of the processes it ran and
+    waited for (less disturbed by other load than the wall-clock time).
+    """
     times: dict[str, list[float]] = {name: [] for name in methods}
     names = list(methods)
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             cleanup()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             seconds = timed(methods[name])
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             times[name].append(seconds)
-            print(f"round {r + 1}: {name}: {seconds:.2f} s", file=sys.stderr)
+            user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+            if cpu is not None:
+                cpu.setdefault(name, []).append((user, system))
+            print(f"round {r + 1}: {name}: {seconds:.2f} s (cpu user {user:.2f} s, "
+                  f"sys {system:.2f} s)", file=sys.stderr)
     cleanup()
     return times
 
