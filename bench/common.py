@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -16,8 +17,9 @@ P2VIMAGE = [sys.executable, "-m", "p2vimage"]
 
 
 def sh(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> None:
-    """Run a command, failing loudly."""
-    subprocess.run([os.fspath(a) for a in argv], check=True, cwd=REPO,
+    """Run a command (in the repository unless ``cwd`` is given), failing loudly."""
+    kwargs.setdefault("cwd", REPO)
+    subprocess.run([os.fspath(a) for a in argv], check=True,
                    **kwargs)  # type: ignore[call-overload]
 
 
@@ -29,35 +31,58 @@ def timed(fn: Callable[[], None]) -> float:
 
 
 def alternate(methods: dict[str, Callable[[], None]], rounds: int,
-              cleanup: Callable[[], None]) -> dict[str, list[float]]:
-    """Run every method once per round, in rotating order; return the timings."""
+              cleanup: Callable[[], None],
+              cpu: dict[str, list[tuple[float, float]]] | None = None) -> dict[str, list[float]]:
+    """Run every method once per round, in rotating order; return the timings.
+
+    ``cpu`` receives each run's (user, system) CPU seconds of the processes it ran and
+    waited for (less disturbed by other load than the wall-clock time).
+    """
     times: dict[str, list[float]] = {name: [] for name in methods}
     names = list(methods)
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             cleanup()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             seconds = timed(methods[name])
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             times[name].append(seconds)
-            print(f"round {r + 1}: {name}: {seconds:.2f} s", file=sys.stderr)
+            user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+            if cpu is not None:
+                cpu.setdefault(name, []).append((user, system))
+            print(f"round {r + 1}: {name}: {seconds:.2f} s (cpu user {user:.2f} s, "
+                  f"sys {system:.2f} s)", file=sys.stderr)
     cleanup()
     return times
 
 
 def report(title: str, times: dict[str, list[float]], ratios: dict[str, tuple[str, str]],
            extra: dict[str, object], as_json: bool) -> None:
-    """Print medians and the named ratios (numerator / denominator of medians)."""
+    """Print medians, spreads ((max - min) / median) and the named ratios: of the medians,
+    and the median of the ratios within each round (steadier when the load drifts)."""
     medians = {name: statistics.median(ts) for name, ts in times.items()}
+    spreads = {name: (max(ts) - min(ts)) / medians[name] if medians[name] else 0.0
+               for name, ts in times.items()}
     computed = {label: medians[a] / medians[b] for label, (a, b) in ratios.items()}
+    paired = {label: statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+              for label, (a, b) in ratios.items()}
     if as_json:
         print(json.dumps({"title": title, "times": times, "medians": medians,
-                          "ratios": computed, **extra}, indent=2))
+                          "spreads": spreads, "ratios": computed, "paired_ratios": paired,
+                          **extra}, indent=2))
         return
     print(f"# {title}")
     for name, median in medians.items():
         runs = ", ".join(f"{t:.2f}" for t in times[name])
-        print(f"{name:28} median {median:8.2f} s   runs {runs}")
+        print(f"{name:30} median {median:6.2f} s  spread {spreads[name]:4.0%}   runs {runs}")
+    print(f"{'ratio':40} {'of medians':>10} {'per round':>10}")
     for label, ratio in computed.items():
-        print(f"{label:40} {ratio:8.2f}x")
+        print(f"{label:40} {ratio:9.2f}x {paired[label]:9.2f}x")
     for key, value in extra.items():
-        print(f"{key}: {value}")
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k:44} {v}")
+        else:
+            print(f"{key}: {value}")

@@ -10,13 +10,18 @@ last (``mbr.py``).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import functools
 import os
 import re
+import select
 import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from p2vimage.build import fsprofile
 from p2vimage.convert import fixups
@@ -35,6 +40,26 @@ MiB = 1 << 20
 PART_OFFSET = MiB  # partition 1 starts at sector 2048
 BLOCK = 4096
 TOOLS = ("mke2fs", "debugfs")
+T = TypeVar("T")
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _start_writeback(fd: int) -> None:
+    """Start writing the file's dirty pages to disk without waiting (sync_file_range).
+
+    mke2fs leaves all it writes dirty in the page cache until its closing fsync, which
+    then waits for the whole image (0.3-0.6 s of 1.7 s on a Debian tree here); started
+    while mke2fs works, the disk writes overlap its work. Only a hint: errors are ignored.
+    """
+    _libc().sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0),
+                            ctypes.c_uint(_SYNC_FILE_RANGE_WRITE))
+
+
 # The msdos label counts sectors in 32 bits: partition 1 (from sector 2048) ends by 2 TiB.
 MAX_SIZE = 2 << 40
 
@@ -160,7 +185,8 @@ def _fs_args(profile: fsprofile.FsProfile, scan: TreeScan, fs_bytes: int) -> lis
 
 
 def _populate(opts: BuildOptions, profile: fsprofile.FsProfile, scan: TreeScan,
-              partial: Path, size: int) -> None:
+              partial: Path, size: int, meanwhile: Callable[[], T]) -> T:
+    """Run mke2fs -d into ``partial``; return what ``meanwhile`` returns, run while it works."""
     fs_bytes = size - PART_OFFSET
     argv = ["mke2fs", "-F", "-q", "-b", str(BLOCK), "-i", "16384",
             *_fs_args(profile, scan, fs_bytes), "-L", opts.label,
@@ -168,17 +194,31 @@ def _populate(opts: BuildOptions, profile: fsprofile.FsProfile, scan: TreeScan,
             "-E", f"offset={PART_OFFSET}", "-d", os.fspath(opts.source),
             os.fspath(partial), f"{fs_bytes // 1024}k"]
     proc = runmod.popen(argv)
+    image = pidfd = -1
     try:
+        image = os.open(partial, os.O_RDONLY)
+        exited = select.poll()
+        with contextlib.suppress(OSError):  # readable once mke2fs exits (Linux >= 5.3)
+            pidfd = os.pidfd_open(proc.pid)
+            exited.register(pidfd, select.POLLIN)
+        result = meanwhile()  # mke2fs is single-threaded: this runs on another core
         with progress(scan.data_bytes, "populate") as bar:
             while proc.poll() is None:
-                done = os.stat(partial).st_blocks * 512
+                _start_writeback(image)
+                done = os.fstat(image).st_blocks * 512
                 bar.update(max(0, min(done, scan.data_bytes) - bar.n))
-                with contextlib.suppress(runmod.TimeoutExpired):
-                    proc.wait(timeout=0.2)
+                if pidfd >= 0:  # wakes at once on exit; proc.wait(timeout) sleeps up to 50 ms
+                    exited.poll(200)
+                else:
+                    with contextlib.suppress(runmod.TimeoutExpired):
+                        proc.wait(timeout=0.2)
             if proc.returncode == 0:  # all written: the last line says so
                 bar.update(scan.data_bytes - bar.n)
         _, err = proc.communicate()
     finally:
+        for fd in (image, pidfd):
+            if fd >= 0:
+                os.close(fd)
         if proc.poll() is None:  # interrupted: never leave mke2fs writing
             proc.kill()
             proc.wait()
@@ -193,6 +233,7 @@ def _populate(opts: BuildOptions, profile: fsprofile.FsProfile, scan: TreeScan,
                              hint="give a larger --size, or none to compute it")
         raise StageError(f"mke2fs -d failed populating from {opts.source}: {detail}",
                          hint="run with --debug to see the command")
+    return result
 
 
 def _relink(partial: Path, scan: TreeScan) -> None:
@@ -256,21 +297,20 @@ def _complete(partial: Path, opts: BuildOptions, profile: fsprofile.FsProfile,
                                    f"sif <2> gid {st.st_gid}", f"sif <2> mtime @{low}"]
     if profile.keeps_nanoseconds:
         commands.append(f"sif <2> mtime_extra {extra}")
-        # Address by quoted path; only names a command line cannot carry need inode numbers.
-        inodes: dict[bytes, int] | None = None
+        fixes: list[tuple[bytes, bytes]] = []
         for rel, seconds, nanos in scan.time_fixups:
-            target = e2fs.quote(b"/" + rel)
-            if target is None:
-                if inodes is None:
-                    inodes, _ = e2fs.walk(partial, PART_OFFSET)
-                if rel not in inodes:
-                    raise StageError(f"{os.fsdecode(rel)!r} is missing from the image",
-                                     hint="mke2fs -d skipped it; run with --debug")
-                target = f"<{inodes[rel]}>".encode()
             if seconds >= 2**34 - 2**31:
                 warnings.append(f"{os.fsdecode(rel)}: mtime beyond 2446 cannot be stored")
-            extra = e2fs.time_fields(seconds, nanos)[1]
-            commands.append(b"sif " + target + f" mtime_extra {extra}".encode())
+            fixes.append((rel, f"mtime_extra {e2fs.time_fields(seconds, nanos)[1]}".encode()))
+        # Address by quoted name; only names a command line cannot carry need inode numbers.
+        by_name, by_inode = e2fs.sif_by_directory(fixes)
+        commands += by_name
+        inodes = e2fs.walk(partial, PART_OFFSET)[0] if by_inode else {}
+        for rel, action in by_inode:
+            if rel not in inodes:
+                raise StageError(f"{os.fsdecode(rel)!r} is missing from the image",
+                                 hint="mke2fs -d skipped it; run with --debug")
+            commands.append(f"sif <{inodes[rel]}> ".encode() + action)
     else:
         for rel, seconds, _ in scan.time_fixups:
             if not -(2**31) <= seconds < 2**31:
@@ -384,7 +424,8 @@ def build(opts: BuildOptions) -> dict[str, object]:
                        companions=(imagestate.state_path(opts.output),)) as partial:
         reserve(partial, size)
         with step(f"Populating {size // MiB} MiB image ({scan.data_bytes // MiB} MiB data)"):
-            _populate(opts, profile, scan, partial, size)
+            inputs = _populate(opts, profile, scan, partial, size,
+                               meanwhile=lambda: fixups.input_digest(opts.source))
         with step("Completing what mke2fs -d does not carry"):
             _relink(partial, scan)
             warnings = _complete(partial, opts, profile, scan)
@@ -398,7 +439,7 @@ def build(opts: BuildOptions) -> dict[str, object]:
             **imagestate.source_identity(opts.source), "uuid": uuid, "label": opts.label,
             "filesystem": profile.fstype, "inode_size": profile.inode_size,
             "keeps_nanoseconds": profile.keeps_nanoseconds, "size_bytes": size,
-            "inputs": fixups.input_digest(opts.source), "built": time.time(),
+            "inputs": inputs, "built": time.time(),
             "dirty": False, "synced_passes": synced,
             **guestrecord.state_fields(partial, guest)})  # renaming keeps size, mtime, inode
     for warning in warnings:

@@ -72,6 +72,33 @@ def quote_any(path: bytes) -> bytes:
     return b'"' + path.replace(b'"', b'""') + b'"'
 
 
+def sif_by_directory(fixes: Iterable[tuple[bytes, bytes]]
+                     ) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+    """debugfs commands ``sif NAME FIELD VALUE`` for (relative path, b"FIELD VALUE") pairs,
+    with one ``cd`` per directory, ending in "/".
+
+    debugfs looks every path up from the root, scanning each directory on the way; after a
+    ``cd`` it scans only the last one (half the batch's time on a Debian tree).
+    Also returns the pairs no command line can carry (a newline in the path), to be
+    addressed by inode number.
+    """
+    groups: dict[bytes, list[bytes]] = {}
+    by_inode: list[tuple[bytes, bytes]] = []
+    for rel, action in fixes:
+        parent, _, name = rel.rpartition(b"/")
+        directory, target, absolute = quote(b"/" + parent), quote(name), quote(b"/" + rel)
+        if directory is None or target is None or absolute is None:
+            by_inode.append((rel, action))
+            continue
+        if name.startswith(b"<") and name.endswith(b">"):  # debugfs reads <N> as inode N
+            target = absolute
+        groups.setdefault(directory, []).append(b"sif " + target + b" " + action)
+    commands: list[bytes] = []
+    for directory, sifs in groups.items():
+        commands += [b"cd " + directory, *sifs]
+    return [*commands, b'cd "/"'] if commands else [], by_inode
+
+
 def walk(image: Path, offset: int) -> tuple[dict[bytes, int], dict[int, int]]:
     """(every path, relative and b'' for the root → inode number; inode number → mode).
 

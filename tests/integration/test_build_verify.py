@@ -106,6 +106,23 @@ def test_guest_rules_reach_the_image(tmp_path: Path) -> None:
     assert {"metadata_csum", "orphan_file", "64bit"} <= image_features(tmp_path / "new.img")
 
 
+def test_nanoseconds_reach_names_debugfs_parses_specially(tmp_path: Path) -> None:
+    """Names that look like debugfs's <inode> syntax, quotes, a dash, a newline, in the root
+    and below: each keeps its own nanosecond mtime (the batch works one directory at a time)."""
+    tree = tmp_path / "tree"
+    names = ["<2>", "<11>", 'q"uote', "-dash", "sp ace", "new\nline", "<d>/<3>", "<d>/x",
+             "d/<7>", "d/e/<12>", "d/new\nl/f"]
+    for name in names:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(name)
+    every = [*sorted(tree.rglob("*"), key=lambda p: -len(p.parts)), tree]
+    for i, path in enumerate(every):  # children first: a directory's mtime is set last
+        os.utime(path, ns=(1_500_000_000_000_000_000 + 1001 * i,) * 2)
+    image = tmp_path / "names.img"
+    build(tree, image, "--fs", "ext4")
+    assert_faithful(tree, image)
+
+
 def test_image_matches_the_kernels_view(hard_tree: Path, tmp_path: Path) -> None:
     """debugfs's reading of the image equals what the kernel shows through a loop mount."""
     image = tmp_path / "k.img"

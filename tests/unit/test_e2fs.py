@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from p2vimage.core.errors import InputError
-from p2vimage.disk.e2fs import _LS_RECORD, _decode_time, _parse_stat, find_partition, time_fields
+from p2vimage.disk.e2fs import (
+    _LS_RECORD,
+    _decode_time,
+    _parse_stat,
+    find_partition,
+    sif_by_directory,
+    time_fields,
+)
 
 
 @pytest.mark.parametrize("seconds,nanos", [
@@ -109,3 +116,16 @@ def test_parse_stat_keeps_the_block_map() -> None:
     deep = b"EXTENTS:\n(ETB0):33795, (0-1023):35840-36863, (1024-2047):38912-39935\n"
     assert _parse_stat(deep, 0o100644).extents == [(0, 35840, 1024), (1024, 38912, 1024)]
     assert _parse_stat(b"Size of inline data: 60\n", 0o100644).inline
+
+
+def test_sif_by_directory_groups_and_keeps_special_names_absolute() -> None:
+    fixes = [(b"a/b/f", b"mtime_extra 4"), (b"top", b"mtime_extra 8"), (b"a/b/<7>", b"x 1"),
+             (b"a/b", b"x 2"), (b"a/new\nline", b"x 3"), (b'a/b/q"', b"x 5")]
+    commands, by_inode = sif_by_directory(fixes)
+    assert commands == [
+        b'cd "/a/b"', b'sif "f" mtime_extra 4', b'sif "/a/b/<7>" x 1', b'sif "q""" x 5',
+        b'cd "/"', b'sif "top" mtime_extra 8',
+        b'cd "/a"', b'sif "b" x 2',
+        b'cd "/"']  # back at the root for whatever follows
+    assert by_inode == [(b"a/new\nline", b"x 3")]  # no command line carries a newline
+    assert sif_by_directory([]) == ([], [])
