@@ -38,12 +38,14 @@ def copy_checkout(dst: Path) -> None:
 
 
 def verbs() -> list[str]:
-    """Every command path under the group (``build``, ``cutover run``…)."""
+    """Every command path a user is shown (``build``, ``cutover run``…; not hidden helpers)."""
     out = []
     for name, cmd in cli.commands.items():
+        if cmd.hidden:
+            continue
         out.append(name)
         if isinstance(cmd, click.Group):
-            out += [f"{name} {sub}" for sub in cmd.commands]
+            out += [f"{name} {sub}" for sub, c in cmd.commands.items() if not c.hidden]
     return out
 
 
