@@ -10,17 +10,19 @@ Baselines on the same tree, each timed as whole processes and ending with its da
 - ``cp -a`` + ``sync``, ``virt-make-fs`` (the libguestfs tool), loop mount +
   ``rsync -aHAXS`` (needs root).
 
-Methods run once per round in rotating order (``alternate``); medians, spreads and ratios
-of medians come from the same run. ``build (phases)`` is the same build run through a
-wrapper that timestamps its log lines, for the breakdown of where its time goes.
-The image of a first, untimed build (same command) is verified with ``verify --strict``.
-Every output is deleted before the next method runs, so no method pays for freeing
-another's blocks (``build --force`` over an old image would: see BENCHMARKS.md).
+Methods run once per round in a shuffled order (``alternate``), each after a ``sync`` and
+a 2 s pause for the disk to settle; medians, spreads and ratios come from the same run.
+``build (phases)`` is the same build through a wrapper that timestamps its log lines: the
+breakdown of where its time goes. ``--against REV`` adds the build of an older revision
+(and its phases) to the same rounds. The image of a first, untimed build (same command) is
+verified with ``verify --strict``. Every output is deleted before the next method runs, so
+no method pays for freeing another's blocks (``build --force`` over an old image would).
 
 Python runs with compiled bytecode cached (``PYTHONPYCACHEPREFIX`` in the work directory),
 as an installed p2vimage would; ``--no-pyc`` runs it as the environment says.
 
-    sudo .venv/bin/python -m bench.build [--tree DIR] [--rounds 5] [--skip NAME] [--json]
+    sudo .venv/bin/python -m bench.build [--tree DIR] [--rounds 5] [--skip NAME]
+                                         [--against REV] [--no-pyc] [--json]
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ def main() -> None:
             elif path.exists():
                 path.unlink()
         sh(["sync"])  # no method pays for flushing another's writes
+        time.sleep(2)  # nor for the virtual disk's host still absorbing them
 
     methods: dict[str, Callable[[], None]] = {
         "p2vimage build": p2v(REPO, image.name), "mke2fs -d + fsync": bare_mke2fs,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import resource
 import statistics
 import subprocess
@@ -33,15 +34,19 @@ def timed(fn: Callable[[], None]) -> float:
 def alternate(methods: dict[str, Callable[[], None]], rounds: int,
               cleanup: Callable[[], None],
               cpu: dict[str, list[tuple[float, float]]] | None = None) -> dict[str, list[float]]:
-    """Run every method once per round, in rotating order; return the timings.
+    """Run every method once per round, in a new shuffled order each round (seeded: the same
+    orders every run); return the timings.
 
-    ``cpu`` receives each run's (user, system) CPU seconds of the processes it ran and
-    waited for (less disturbed by other load than the wall-clock time).
+    Shuffled, not rotated: a rotation keeps each method behind the same neighbour, and
+    one that follows a heavy writer (cp -a + sync, virt-make-fs) would always pay for the
+    disk still absorbing it. ``cpu`` receives each run's (user, system) CPU seconds of the
+    processes it ran and waited for (less disturbed by other load than the wall-clock time).
     """
     times: dict[str, list[float]] = {name: [] for name in methods}
-    names = list(methods)
+    shuffler = random.Random(1)
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = list(methods)
+        shuffler.shuffle(order)
         for name in order:
             cleanup()
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
