@@ -152,3 +152,12 @@ def converted(tmp_path_factory: pytest.TempPathFactory,
         return cache[name]
 
     return get
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The network-namespace cutover tier runs first. In one whole-suite run (.ci/run, after
+    the other integration tiers) every rollback that restarts the legacy host's service left
+    that host unanswering, while the same tests pass alone and after any single other tier
+    tried; the cause is not found yet (see the session's closing note). Running the tier on
+    a fresh host keeps its proofs meaningful meanwhile."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("netns") else 1)
