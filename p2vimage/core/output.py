@@ -132,3 +132,19 @@ def atomic_output(final: Path, force: bool, companions: Sequence[Path] = ()) -> 
                         path.unlink()
     finally:
         os.close(fd)
+
+
+def lock_held(path: Path) -> bool:
+    """Whether a process holds the flock on ``path`` now (False when there is no such file);
+    for readers that show a runner's state without taking its lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False

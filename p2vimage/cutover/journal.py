@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 from p2vimage.core.errors import PreconditionError
 from p2vimage.core.log import log
-from p2vimage.core.output import lock_or_refuse
+from p2vimage.core.output import lock_held, lock_or_refuse
 
 
 def directory(workdir: Path) -> Path:
@@ -46,17 +45,7 @@ def locked(workdir: Path) -> Iterator[None]:
 
 def is_locked(workdir: Path) -> bool:
     """Whether a runner is working on this host right now."""
-    path = directory(workdir) / "lock"
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return lock_held(directory(workdir) / "lock")
 
 
 class Journal:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from p2vimage.core.errors import InputError, PreconditionError
+from p2vimage.core.output import lock_held
 
 KIND = "p2vimage-batch-state"
 VERSION = 1
@@ -107,17 +108,7 @@ def locked(batch_dir: Path) -> Iterator[None]:
 
 def runner_active(batch_dir: Path) -> bool:
     """Whether a runner holds the batch directory's lock now."""
-    try:
-        fd = os.open(batch_dir / LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return lock_held(batch_dir / LOCK)
 
 
 def settled(section: Record, active: bool) -> Record:
