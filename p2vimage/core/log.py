@@ -58,6 +58,8 @@ class _Lines(tqdm):  # type: ignore[type-arg]
         super().__init__(*args, **kwargs)
 
     def display(self, msg: str | None = None, pos: int | None = None) -> None:
+        if not hasattr(self, "_tenth"):
+            return
         now = time.monotonic()
         tenth = int(10 * self.n / self.total) if self.total else -1
         if self.n and (now - self._last >= _state["interval"] or tenth > self._tenth):
@@ -66,7 +68,9 @@ class _Lines(tqdm):  # type: ignore[type-arg]
             log.info("%s %s", stamp, self.__str__().strip())
 
     def close(self) -> None:
-        if not self.disable and self.n and (not self.total or self._tenth < 10):
+        # (close also runs from __del__ when __init__ was interrupted: attributes may lack)
+        if "n" in self.__dict__ and not self.disable and self.n and (
+                not self.total or self._tenth < 10):
             self._last, self._tenth = 0.0, 10
             self.display()
         super().close()

@@ -119,3 +119,11 @@ def test_format_options_on_the_cloud_verbs(tmp_path: Path) -> None:
         bad = p2v(*verb, "--os-cloud", "lab", "--dry-run", "-f", "value", "-c", "nope",
                   env=env)
         assert_one_line_error(bad, 2, "no column 'nope'")
+
+
+def test_progress_lines_close_even_when_interrupted_while_made() -> None:
+    """tqdm's __del__ calls close(): after a Ctrl-C inside __init__ the attributes are not
+    all there (a build interrupted at that moment printed an AttributeError, not one line)."""
+    from p2vimage.core.log import _Lines
+
+    _Lines.__new__(_Lines).close()
